@@ -1,0 +1,3 @@
+"""seat_jax: SEAT domain adaptation for semantic segmentation in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""The base configuration that every preset in `configs/` starts from.
+
+Values are the paper's GTA5 -> Cityscapes stage-1 setting (SPEC sections 1-7). Presets override a
+few fields; the command line overrides any of them with `--config.a.b=value`. Sizes are written
+as (height, width) everywhere, which is the array order; the papers quote width x height.
+"""
+
+import ml_collections
+
+RESNET101_STAGES = (3, 4, 23, 3)
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """DeepLabV2 / ResNet-101 with SEAT norms (SPEC sections 1-2)."""
+  m = ml_collections.ConfigDict()
+  m.num_classes = 19
+  m.stage_sizes = RESNET101_STAGES  # blocks in layer1..layer4
+  m.base_width = 64  # stem channels and layer1 planes; ResNet doubles it per stage
+  m.aspp_branches = 4  # 2 reproduces AdaptSegNet's early-return bug (REFERENCE 1.1)
+  m.aspp_dilations = (6, 12, 18, 24)
+  m.norm_mode = "seat"  # shared | sat | seat
+  m.bn_affine_trainable = True  # AdaptSegNet freezes the BN affine; SEAT trains it
+  m.bn_train_stats = True  # normalise with batch statistics while training (reference)
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16; params stay float32
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "train"  # train | eval | pseudo_labels
+  c.seed = 1234
+  c.model = get_model_config()
+
+  # Data (SPEC section 5). Dataset names are the TFDS builders in data_builders/.
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""  # TFDS data_dir; "" = the TFDS default (~/tensorflow_datasets)
+  c.data.source = ml_collections.ConfigDict(dict(
+      name="gta5", builder_config="original", split="train",
+      resize_hw=(720, 1280), crop_hw=(512, 1024)))
+  c.data.target = ml_collections.ConfigDict(dict(
+      name="cityscapes", builder_config="", split="train",
+      resize_hw=(512, 1024), crop_hw=(),
+      pseudo_label_dir=""))  # stage 2: read target labels from this directory
+  c.data.val = ml_collections.ConfigDict(dict(
+      name="cityscapes", builder_config="", split="validation",
+      resize_hw=(512, 1024), max_examples=0))  # 0 = the whole split
+  c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16: how target labels are read
+  c.data.flip = False  # random horizontal flip (the references use none)
+  c.data.fda_beta = 0.0  # FDA source stylisation toward target images; 0 = off
+  c.data.worker_count = 0  # grain worker processes per domain
+  c.data.prefetch_buffer_size = 2
+
+  # Adversarial training (SPEC section 3).
+  c.adv = ml_collections.ConfigDict()
+  c.adv.mode = "multi_level_sum"  # none | single | multi_level_sum | two_discriminators
+  c.adv.input = "softmax"  # softmax | entropy (ADVENT self-information map)
+  c.adv.multi_level_lambda = 0.05  # weight of softmax(aux) in the fused map fed to D
+  c.adv.weight = 0.001  # lambda_adv on the main (or fused) adversarial term
+  c.adv.weight_aux = 0.0002  # two_discriminators only: the aux discriminator's weight
+  c.adv.disc_width = 64
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.aux_weight = 0.1  # CE(main) + aux_weight * CE(aux)
+  c.loss.entropy_weight = 0.0  # ADVENT MinEnt on target (main head); 0 = off
+  c.loss.target_ce_weight = 1.0  # stage 2: CE on target pseudo-labels
+
+  # Optimisation (SPEC section 4).
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2.5e-4
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.poly_power = 0.9
+  c.optim.head_lr_mult = 10.0
+  c.optim.head_patterns = (r"^(aux_head|main_head)/",)
+  c.optim.frozen_patterns = ()  # extra regexes of params that never move
+  c.optim.disc_lr = 1e-4
+  c.optim.disc_b1 = 0.9
+  c.optim.disc_b2 = 0.99
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 1  # global images per domain per step
+  c.train.num_steps = 150_000
+  c.train.lr_horizon_steps = 250_000  # poly decay horizon (training stops earlier)
+  c.train.log_every = 50
+  c.train.checkpoint_every = 5000
+  c.train.keep_checkpoints = 0  # 0 = keep every checkpoint (best-on-val needs them)
+  c.train.eval_every = 0  # periodic target-val mIoU; 0 = off
+  c.train.eval_max_examples = 100
+
+  c.resume = ""  # a checkpoint dir to continue from when the workdir has none
+  c.init_from = ""  # converted PyTorch weights (python -m seat_jax.convert) or a checkpoint dir
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.source_stages = ()  # layer switch: stages (0 stem, 1-4 layers) that use the source norm
+  c.eval.checkpoint = ""  # eval mode: a checkpoint dir; "" = the workdir's checkpoints
+  c.eval.step = -1  # -1 = every checkpoint in the dir (reports final and best); else that step
+  c.eval.num_panels = 4  # input | ground truth | prediction panels written per evaluation
+  c.eval.write_predictions = True  # Cityscapes labelId PNGs for cityscapesscripts
+
+  c.pseudo = ml_collections.ConfigDict()
+  c.pseudo.rule = "global"  # global | class_quantile
+  c.pseudo.threshold = 0.9  # global rule
+  c.pseudo.quantile = 0.5  # class_quantile rule (0.5 BDL median, 0.66 FDA)
+  c.pseudo.cap = 0.9  # class_quantile rule: thresholds never exceed this
+  c.pseudo.output_dir = ""  # "" = <workdir>/pseudo_labels
+  return c
