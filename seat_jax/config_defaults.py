@@ -104,3 +104,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.pseudo.cap = 0.9  # class_quantile rule: thresholds never exceed this
   c.pseudo.output_dir = ""  # "" = <workdir>/pseudo_labels
   return c
+

@@ -1,0 +1,11 @@
+"""Stage 2 (self-training) after configs/gta.py; see seat_jax.presets.stage2.
+
+  python -m seat_jax.main --config=configs/gta_stage2.py --workdir=DIR \
+    --config.init_from=PRETRAINED_DIR --config.data.target.pseudo_label_dir=PSEUDO_DIR
+"""
+
+from seat_jax import presets
+
+
+def get_config(row: str = "mul"):
+  return presets.stage2(presets.gta(row))

@@ -1,0 +1,368 @@
+"""Imports PyTorch DeepLab-V2 / torchvision ResNet weights into seat_jax Flax variables.
+
+    python -m seat_jax.convert --torch=FILE.pth --out=DIR [--format=auto|deeplab|torchvision]
+        [--num_classes=19] [--aspp_branches=4] [--norm_mode=seat]
+
+writes an orbax checkpoint (items `model` and `meta`, see `checkpointing.save_variables`) that
+`config.init_from` reads. The result has exactly the tree of `build_segmenter(cfg).init`:
+every PyTorch BatchNorm is copied into every domain slot of its SEAT norm, and heads that the
+file does not provide for this model (torchvision files, the DeepLab COCO/ImageNet init whose
+`layer5` is a classifier on layer4, a different class count) keep their values from `init`
+with a fixed seed, as the AdaptSegNet/ADVENT loaders do (REFERENCE 1.2).
+
+PyTorch is needed only here (`pip install -e '.[torch]'`); files are read with
+`torch.load(weights_only=True)`, so a checkpoint cannot run code.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+FORMATS = ("auto", "deeplab", "torchvision")
+UNDERSTOOD_FORMATS = (
+    "a file written by torch.save holding a state_dict (bare, or wrapped as {'state_dict': ...} "
+    "or {'model': ...}) of either (a) a DeepLab-V2 ResNet-101 in the AdaptSegNet/ADVENT layout "
+    "(conv1.weight, bn1.*, layer1-4.*, optional heads layer5/layer6.conv2d_list.*, keys with or "
+    "without a 'Scale.' prefix), or (b) a torchvision ResNet-101 (the same backbone keys plus fc.*)")
+# Prefixes that wrappers add in front of every key: the Caffe-converted DeepLab init uses
+# `Scale.`, nn.DataParallel uses `module.`.
+KEY_PREFIXES = ("module.", "Scale.")
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+HEAD_MODULES = {"aux_head": "layer5", "main_head": "layer6"}
+BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+_MAX_LISTED = 25
+
+
+class CheckpointError(ValueError):
+  """A PyTorch file that cannot be converted for this model config."""
+
+
+@dataclasses.dataclass
+class Conversion:
+  """Converted variables plus what happened to every tensor of the file."""
+  variables: dict
+  format: str
+  converted_keys: list[str]
+  skipped_keys: list[str]  # present in the file, deliberately not used (fc.*, foreign heads)
+  ignored_keys: list[str]  # bookkeeping tensors (num_batches_tracked)
+  heads_from_checkpoint: bool
+  heads_note: str
+  num_params: int
+
+  def metadata(self, source: str, model_config: Any, seed: int) -> dict:
+    return dict(
+        source=os.path.abspath(source), format=self.format, seed=seed,
+        heads_from_checkpoint=self.heads_from_checkpoint, heads_note=self.heads_note,
+        num_converted_tensors=len(self.converted_keys),
+        num_skipped_tensors=len(self.skipped_keys), skipped_keys=self.skipped_keys,
+        num_params=self.num_params, model_config=_config_dict(model_config))
+
+
+# ----------------------------------------------------------------------------- reading the file
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Loads a .pth file safely and returns its tensors as float arrays, keys without prefixes."""
+  import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"PyTorch checkpoint {path!r} does not exist.")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError)
+    raise CheckpointError(
+        f"{path} is not a PyTorch checkpoint that can be read safely "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+        f"Understood: {UNDERSTOOD_FORMATS}.") from e
+  state = _unwrap(obj)
+  tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if state else {}
+  if not tensors:
+    raise CheckpointError(
+        f"{path} holds a {type(obj).__name__} without tensors, not a state_dict. "
+        f"Understood: {UNDERSTOOD_FORMATS}.")
+  out = {}
+  for key, value in tensors.items():
+    key = _strip_prefixes(key)
+    if key in out:
+      raise CheckpointError(f"{path}: key {key!r} appears twice once prefixes are stripped.")
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.dtype not in (torch.float32, torch.float64):
+      value = value.float()  # numpy has no bfloat16; half precision files load as float32
+    out[key] = value.numpy()
+  return out
+
+
+def _unwrap(obj: Any) -> Mapping[str, Any] | None:
+  if isinstance(obj, Mapping):
+    for wrapper in ("state_dict", "model"):
+      if isinstance(obj.get(wrapper), Mapping):
+        return obj[wrapper]
+    return obj
+  return None
+
+
+def _strip_prefixes(key: str) -> str:
+  stripped = True
+  while stripped:
+    stripped = False
+    for prefix in KEY_PREFIXES:
+      if key.startswith(prefix):
+        key, stripped = key[len(prefix):], True
+  return key
+
+
+def detect_format(keys: Sequence[str], source: str = "checkpoint") -> str:
+  """'torchvision' if the file has the ImageNet classifier fc.*, 'deeplab' for a ResNet without it."""
+  keys = set(keys)
+  if "conv1.weight" not in keys or not any(k.startswith("layer1.") for k in keys):
+    sample = sorted(keys)[:5]
+    raise CheckpointError(
+        f"{source} has no ResNet keys (conv1.weight, layer1.*); its first keys are {sample}. "
+        f"Understood: {UNDERSTOOD_FORMATS}.")
+  return "torchvision" if any(k.startswith("fc.") for k in keys) else "deeplab"
+
+
+# ------------------------------------------------------------------ Flax name -> PyTorch name
+
+_BACKBONE_PATTERNS = (
+    (re.compile(r"^(conv1|bn1)$"), r"\1"),
+    (re.compile(r"^layer(\d)/block0/downsample_conv$"), r"layer\1.0.downsample.0"),
+    (re.compile(r"^layer(\d)/block0/downsample_bn$"), r"layer\1.0.downsample.1"),
+    (re.compile(r"^layer(\d)/block(\d+)/((?:conv|bn)\d)$"), r"layer\1.\2.\3"),
+)
+_HEAD_PATTERN = re.compile(r"^(aux_head|main_head)/branch(\d+)$")
+
+
+def torch_key(flax_path: Sequence[str]) -> str:
+  """The PyTorch key holding the value of one Flax variable (model contract key mapping).
+
+  E.g. ('layer3', 'block0', 'downsample_bn', 'target_var') -> 'layer3.0.downsample.1.running_var'.
+  """
+  *module_path, leaf = flax_path
+  module = "/".join(module_path)
+  head = _HEAD_PATTERN.match(module)
+  if head:
+    if leaf not in ("kernel", "bias"):
+      raise KeyError(f"Unknown head variable {'/'.join(flax_path)}.")
+    name = {"kernel": "weight", "bias": "bias"}[leaf]
+    return f"{HEAD_MODULES[head.group(1)]}.conv2d_list.{head.group(2)}.{name}"
+  for pattern, replacement in _BACKBONE_PATTERNS:
+    if pattern.match(module):
+      prefix = pattern.sub(replacement, module)
+      break
+  else:
+    raise KeyError(f"The converter does not know the Flax variable {'/'.join(flax_path)}.")
+  if leaf == "kernel":
+    return prefix + ".weight"
+  # SEAT norm leaves: scale | bias | mean | var, optionally prefixed by the domain.
+  kind = leaf.rsplit("_", 1)[-1]
+  if kind not in BN_LEAVES:
+    raise KeyError(f"The converter does not know the norm variable {'/'.join(flax_path)}.")
+  return f"{prefix}.{BN_LEAVES[kind]}"
+
+
+def _is_head(torch_name: str) -> bool:
+  return torch_name.startswith(("layer5.", "layer6."))
+
+
+def _to_flax_layout(value: np.ndarray) -> np.ndarray:
+  """OIHW conv weights -> HWIO; vectors unchanged."""
+  return np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value
+
+
+def _torch_shape(flax_shape: Sequence[int]) -> tuple[int, ...]:
+  if len(flax_shape) == 4:
+    h, w, i, o = flax_shape
+    return (o, i, h, w)
+  return tuple(flax_shape)
+
+
+# ------------------------------------------------------------------------------- conversion
+
+
+def init_variables(model_config: Any, seed: int = 0) -> dict:
+  """The model's own init (fixed seed): the tree to fill and the values of random heads."""
+  from seat_jax import models  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+
+  module = models.build_segmenter(model_config)
+  images = jnp.zeros((1, 33, 33, 3), jnp.float32)  # any size with a >= 1 pixel stride-8 map
+  return jax.jit(module.init)(jax.random.PRNGKey(seed), images)
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any, fmt: str = "auto",
+                       seed: int = 0, source: str = "checkpoint") -> Conversion:
+  """Fills the model's init variables with the tensors of a (prefix-stripped) state_dict."""
+  if fmt not in FORMATS:
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
+  if fmt == "auto":
+    fmt = detect_format(state.keys(), source)
+  init = init_variables(model_config, seed)
+  load_heads, heads_note = _head_decision(state, model_config, fmt)
+
+  ignored = sorted(k for k in state if k.endswith(IGNORED_SUFFIXES))
+  skipped = sorted(k for k in state if (fmt == "torchvision" and k.startswith("fc.")) or
+                   (not load_heads and _is_head(k)))
+  used, missing, bad_shapes = set(), [], []
+  out = {}
+  for collection, tree in init.items():
+    flat = traverse_util.flatten_dict(tree)
+    new_flat = {}
+    for path, init_value in flat.items():
+      name = torch_key(path)
+      if _is_head(name) and not load_heads:
+        new_flat[path] = init_value
+        continue
+      if name not in state:
+        missing.append(name)
+        continue
+      found = np.asarray(state[name])
+      if found.shape != _torch_shape(init_value.shape):
+        bad_shapes.append(f"{name}: expected shape {_torch_shape(init_value.shape)} "
+                          f"(Flax {collection}/{'/'.join(path)} {tuple(init_value.shape)}), "
+                          f"found {found.shape}")
+        continue
+      used.add(name)
+      new_flat[path] = jnp.asarray(_to_flax_layout(found), dtype=init_value.dtype)
+    out[collection] = traverse_util.unflatten_dict(new_flat)
+  unexpected = sorted(set(state) - used - set(skipped) - set(ignored))
+  _raise_on_mismatch(source, fmt, sorted(set(missing)), unexpected, bad_shapes)
+
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(out.get("params")))
+  return Conversion(
+      variables=out, format=fmt, converted_keys=sorted(used), skipped_keys=skipped,
+      ignored_keys=ignored, heads_from_checkpoint=load_heads, heads_note=heads_note,
+      num_params=num_params)
+
+
+def _head_decision(state: Mapping[str, np.ndarray], model_config: Any, fmt: str) -> tuple[bool, str]:
+  """Whether the file's layer5/layer6 are this model's aux/main heads (else they stay random)."""
+  if fmt == "torchvision":
+    return False, "torchvision ImageNet backbone: fc.* skipped, both heads from init"
+  if not any(_is_head(k) for k in state):
+    return False, "the file has no layer5/layer6: both heads from init"
+  aux_in = model_config.base_width * 16
+  weight = state.get("layer5.conv2d_list.0.weight")
+  if weight is not None and weight.ndim == 4:
+    classes, in_channels = weight.shape[:2]
+    if in_channels != aux_in:
+      return False, (f"layer5 classifies {in_channels}-channel features (the DeepLab "
+                     f"COCO/ImageNet init's classifier on layer4), not the {aux_in}-channel "
+                     "layer3 output: layer5/layer6 skipped, both heads from init")
+    if classes != model_config.num_classes:
+      return False, (f"the file's heads predict {classes} classes, the model "
+                     f"{model_config.num_classes}: layer5/layer6 skipped, both heads from init")
+  return True, "both heads (layer5 -> aux_head, layer6 -> main_head) from the file"
+
+
+def _raise_on_mismatch(source: str, fmt: str, missing: list[str], unexpected: list[str],
+                       bad_shapes: list[str]) -> None:
+  if not (missing or unexpected or bad_shapes):
+    return
+  parts = [f"{source} (format {fmt!r}) does not match the model config:"]
+  if bad_shapes:
+    parts.append(f"{len(bad_shapes)} shape mismatch(es):\n  " + _listing(bad_shapes))
+  if missing:
+    parts.append(f"{len(missing)} missing key(s) the model needs:\n  " + _listing(missing))
+  if unexpected:
+    parts.append(f"{len(unexpected)} unexpected key(s) the model has no place for:\n  " +
+                 _listing(unexpected))
+  parts.append("Check model.stage_sizes / base_width / num_classes against the file (ResNet-101 "
+               "is stage_sizes=(3, 4, 23, 3), base_width=64) and --format.")
+  raise CheckpointError("\n".join(parts))
+
+
+def _listing(items: list[str]) -> str:
+  shown = items[:_MAX_LISTED]
+  more = f"\n  ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+  return "\n  ".join(shown) + more
+
+
+def convert_checkpoint(path: str, model_config: Any, fmt: str = "auto",
+                       seed: int = 0) -> Conversion:
+  """Reads `path` and converts it; see `Conversion` for the bookkeeping."""
+  return convert_state_dict(read_state_dict(path), model_config, fmt, seed, source=path)
+
+
+def load_torch_checkpoint(path: str, model_config: Any, fmt: str = "auto",
+                          seed: int = 0) -> dict:
+  """Flax variables {params, batch_stats} for `build_segmenter(model_config)` from a .pth file."""
+  return convert_checkpoint(path, model_config, fmt, seed).variables
+
+
+def _config_dict(model_config: Any) -> dict:
+  if isinstance(model_config, ml_collections.ConfigDict):
+    model_config = model_config.to_dict()
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(model_config).items()}
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m seat_jax.convert", description=__doc__.split("\n\n")[0])
+  p.add_argument("--torch", required=True, help="the PyTorch .pth file")
+  p.add_argument("--out", required=True, help="orbax checkpoint directory to write")
+  p.add_argument("--format", default="auto", choices=FORMATS)
+  p.add_argument("--num_classes", type=int, default=19)
+  p.add_argument("--aspp_branches", type=int, default=4, choices=(2, 4))
+  p.add_argument("--norm_mode", default="seat", choices=("shared", "sat", "seat"))
+  p.add_argument("--stage_sizes", default="3,4,23,3",
+                 help="blocks per layer1..layer4 (ResNet-101: 3,4,23,3)")
+  p.add_argument("--base_width", type=int, default=64)
+  p.add_argument("--seed", type=int, default=0, help="init seed for heads the file lacks")
+  return p.parse_args(argv)
+
+
+def model_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
+  from seat_jax import config_defaults  # pylint: disable=g-import-not-at-top
+
+  cfg = config_defaults.get_model_config()
+  cfg.num_classes = args.num_classes
+  cfg.aspp_branches = args.aspp_branches
+  cfg.norm_mode = args.norm_mode
+  cfg.stage_sizes = tuple(int(s) for s in args.stage_sizes.split(","))
+  cfg.base_width = args.base_width
+  return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from seat_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  cfg = model_config_from_args(args)
+  try:
+    result = convert_checkpoint(args.torch, cfg, args.format, args.seed)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  checkpointing.save_variables(args.out, result.variables,
+                               result.metadata(args.torch, cfg, args.seed))
+  num_bn = sum(1 for k in result.converted_keys if k.endswith(".running_mean"))
+  print(f"Converted {args.torch} (format {result.format}) -> {os.path.abspath(args.out)}\n"
+        f"  tensors converted: {len(result.converted_keys)} ({num_bn} BatchNorms copied into "
+        f"every '{cfg.norm_mode}' domain slot)\n"
+        f"  tensors skipped:   {len(result.skipped_keys)}"
+        f"{' (' + _short(result.skipped_keys) + ')' if result.skipped_keys else ''}\n"
+        f"  ignored:           {len(result.ignored_keys)} num_batches_tracked\n"
+        f"  heads:             {result.heads_note}\n"
+        f"  model parameters:  {result.num_params:,}")
+  return 0
+
+
+def _short(keys: list[str]) -> str:
+  roots = sorted({k.split(".conv2d_list")[0] if _is_head(k) else k.split(".")[0] for k in keys})
+  return ", ".join(f"{r}.*" for r in roots)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

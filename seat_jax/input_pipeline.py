@@ -1,0 +1,500 @@
+"""Input pipelines: TFDS array_record data sources read through grain (no tf.data).
+
+Training (`create_train_iterator`): one infinite stream per domain, each with its own seed, so
+the source and target streams never share shuffles or crops. A stream is
+
+  data source -> this host's slice -> shuffle -> repeat (reshuffled every epoch)
+  -> random_map(resize, crop, flip, FDA, BGR minus Caffe mean) -> batch -> to_iter_dataset
+  -> mp_prefetch (when config.data.worker_count > 0).
+
+All randomness comes from grain's per-index generators, so a stream is a pure function of
+(seed, position): the same seed gives the same batches whatever the worker count, and an
+iterator state (`get_state()`, a small JSON-serialisable dict) restores the exact position.
+
+Evaluation (`create_eval_iterator`): a finite stream of single examples in the data source's
+order, the image at model size, the label at full resolution.
+
+Preprocessing follows the references (REFERENCE 3.3): PIL bicubic for images (it antialiases
+when shrinking), nearest for labels, RGB -> BGR, subtract the Caffe mean, no std division, because
+the pretrained DeepLab weights expect exactly that.
+
+Every function that opens a dataset takes an optional `data_source` (anything with `__len__`
+and `__getitem__` returning {'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1], 'id': str or
+bytes}) so tests and benchmarks can inject tiny in-memory sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from seat_jax import fda
+
+# Caffe ImageNet mean in B, G, R order (AdaptSegNet IMG_MEAN).
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+IGNORE_ID = 255
+# Label space each builder stores its labels in (data contract); anything else stores 19 ids.
+_STORED_LABEL_SPACE = {"synthia": "synthia16"}
+_DOMAINS = ("source", "target")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A TFDS dataset the config names has not been built into data_dir."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example preprocessing (pure numpy/PIL; reused by evaluate.py and pseudo_labels.py).
+
+
+def _check_hw(hw: Sequence[int], what: str) -> tuple[int, int]:
+  hw = tuple(int(v) for v in hw)
+  if len(hw) != 2 or min(hw) <= 0:
+    raise ValueError(f"{what} must be (height, width) with positive entries, got {hw}.")
+  return hw
+
+
+def resize_image(rgb: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+  """PIL bicubic resize of a uint8 [H, W, 3] image to `hw` = (height, width)."""
+  height, width = hw
+  if rgb.shape[:2] == (height, width):
+    return rgb
+  return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def resize_label(label: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+  """PIL nearest resize of a uint8 [H, W] label map (never mixes class ids)."""
+  height, width = hw
+  if label.shape[:2] == (height, width):
+    return label
+  return np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST))
+
+
+def to_model_input(rgb: np.ndarray) -> np.ndarray:
+  """RGB on the 0-255 scale -> float32 BGR minus the Caffe mean (no std division)."""
+  return rgb[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR
+
+
+def preprocess_image(rgb_uint8: np.ndarray, resize_hw: Sequence[int]) -> np.ndarray:
+  """uint8 RGB [H, W, 3] -> float32 BGR-minus-mean [h, w, 3] at `resize_hw` (bicubic)."""
+  return to_model_input(resize_image(rgb_uint8, _check_hw(resize_hw, "resize_hw")))
+
+
+def _as_str(value: Any) -> str:
+  if isinstance(value, np.ndarray):
+    value = value.item()
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _label_2d(label: np.ndarray) -> np.ndarray:
+  return label[..., 0] if label.ndim == 3 else label
+
+
+def _read_example(example: Mapping[str, Any], dataset: str, *, with_label: bool):
+  """(image uint8 [H, W, 3], label uint8 [H, W] or None, id) with a checked image/label size."""
+  image = np.asarray(example["image"])
+  example_id = _as_str(example["id"])
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(
+        f"Example '{example_id}' of {dataset}: expected a uint8 [H, W, 3] image, got "
+        f"{image.dtype} {image.shape}.")
+  if not with_label:
+    return image, None, example_id
+  label = _label_2d(np.asarray(example["label"]))
+  if label.shape != image.shape[:2]:
+    raise ValueError(
+        f"Example '{example_id}' of {dataset}: image is {image.shape[0]}x{image.shape[1]} "
+        f"but its label is {label.shape[0]}x{label.shape[1]} (height x width); they must match. "
+        "Rebuild the dataset or fix the source files.")
+  return image, label, example_id
+
+
+def label_lut(label_space: str, dataset_name: str) -> np.ndarray | None:
+  """The LUT that maps `dataset_name`'s stored ids into `label_space` (None: already there).
+
+  Builders store 19 Cityscapes train ids except synthia (16 ids). The only conversion needed is
+  19 -> 16 (terrain/truck/train -> ignore) for a SYNTHIA-trained model read on Cityscapes.
+  """
+  stored = _STORED_LABEL_SPACE.get(dataset_name, "cityscapes19")
+  if label_space == stored:
+    return None
+  if (stored, label_space) == ("cityscapes19", "synthia16"):
+    from seat_jax import labels  # pylint: disable=g-import-not-at-top
+    return np.asarray(labels.TRAIN19_TO_TRAIN16, np.uint8)
+  raise ValueError(
+      f"config.data.label_space={label_space!r} cannot be read from dataset {dataset_name!r}, "
+      f"which stores {stored} labels; expected 'cityscapes19' or 'synthia16'.")
+
+
+def read_pseudo_label(pseudo_label_dir: str, example_id: str) -> np.ndarray:
+  """The stage-2 pseudo-label `<pseudo_label_dir>/<example_id>.png` as uint8 [H, W] train ids."""
+  path = os.path.join(pseudo_label_dir, example_id + ".png")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"Missing pseudo-label for target example '{example_id}': {path} does not exist "
+        f"(config.data.target.pseudo_label_dir={pseudo_label_dir!r}). Generate the pseudo-labels "
+        "for every target-train example (mode=pseudo_labels) or point pseudo_label_dir at the "
+        "directory that holds them.")
+  with Image.open(path) as png:
+    if png.mode not in ("L", "P"):
+      raise ValueError(
+          f"Pseudo-label {path} has PIL mode {png.mode!r}; expected a single-channel PNG "
+          "('L' or 'P') of train ids with 255 = ignore.")
+    return np.asarray(png, np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grain transforms (picklable, so they run in mp_prefetch workers too).
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainTransform(grain.transforms.RandomMap):
+  """One training example -> {'image': float32 [h, w, 3], 'label': int32 [h, w]} (label optional).
+
+  Order: resize (bicubic / nearest) -> random crop -> random flip -> FDA -> BGR minus mean.
+  Crop and flip use one draw for image and label, so they stay aligned.
+  """
+
+  dataset: str  # for error messages: "<name>/<builder_config>:<split>"
+  resize_hw: tuple[int, int]
+  crop_hw: tuple[int, int] | None = None
+  flip: bool = False
+  with_label: bool = True
+  label_lut: np.ndarray | None = None
+  pseudo_label_dir: str = ""
+  fda_beta: float = 0.0
+  fda_images: Any = None  # a data source of target-train images for FDA
+
+  def random_map(self, example, rng: np.random.Generator):
+    stored_label = self.with_label and not self.pseudo_label_dir
+    image, label, example_id = _read_example(example, self.dataset, with_label=stored_label)
+    image = resize_image(image, self.resize_hw)
+    if self.pseudo_label_dir:
+      label = self._pseudo_label(example_id, example["image"].shape[:2])
+    elif label is not None:
+      label = resize_label(label, self.resize_hw)
+    image, label = self._crop(image, label, rng)
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+      label = None if label is None else label[:, ::-1]
+    pixels = image
+    if self.fda_beta > 0:
+      pixels = fda.fda_source_to_target(image, self._random_fda_image(image.shape[:2], rng),
+                                        self.fda_beta)
+    out = {"image": to_model_input(pixels)}
+    if label is not None:
+      if self.label_lut is not None:
+        label = self.label_lut[label]
+      out["label"] = label.astype(np.int32)
+    return out
+
+  def _pseudo_label(self, example_id: str, stored_hw) -> np.ndarray:
+    label = read_pseudo_label(self.pseudo_label_dir, example_id)
+    if label.shape == tuple(self.resize_hw):
+      return label
+    if label.shape == tuple(stored_hw):
+      return resize_label(label, self.resize_hw)
+    raise ValueError(
+        f"Pseudo-label of '{example_id}' in {self.pseudo_label_dir} is {label.shape[0]}x"
+        f"{label.shape[1]}; expected the target resize_hw {tuple(self.resize_hw)} or the stored "
+        f"image size {tuple(stored_hw)}. Regenerate the pseudo-labels with this config.")
+
+  def _crop(self, image, label, rng):
+    if not self.crop_hw:
+      return image, label
+    height, width = image.shape[:2]
+    crop_h, crop_w = self.crop_hw
+    if crop_h > height or crop_w > width:
+      raise ValueError(
+          f"{self.dataset}: crop_hw {self.crop_hw} is larger than resize_hw {self.resize_hw}.")
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    window = (slice(top, top + crop_h), slice(left, left + crop_w))
+    return image[window], (None if label is None else label[window])
+
+  def _random_fda_image(self, hw, rng) -> np.ndarray:
+    example = self.fda_images[int(rng.integers(0, len(self.fda_images)))]
+    return resize_image(np.asarray(example["image"]), hw)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalTransform(grain.transforms.Map):
+  """One example -> model-size image, full-resolution label, raw image and id (batch axis 1)."""
+
+  dataset: str
+  resize_hw: tuple[int, int]
+  label_lut: np.ndarray | None = None
+
+  def map(self, example):
+    image, label, example_id = _read_example(example, self.dataset, with_label=True)
+    if self.label_lut is not None:
+      label = self.label_lut[label]
+    return {
+        "image": preprocess_image(image, self.resize_hw)[None],
+        "label": np.asarray(label, np.uint8)[None],
+        "raw_image": image[None],
+        "id": example_id,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening the prepared TFDS datasets.
+
+
+def _dataset_desc(split_config) -> str:
+  config_part = f"/{split_config.builder_config}" if split_config.get("builder_config") else ""
+  return f"{split_config.name}{config_part}:{split_config.split}"
+
+
+def prepare_command(name: str, builder_config: str, data_dir: str) -> str:
+  """The exact command that builds a dataset (named in 'not prepared' errors)."""
+  parts = ["python -m seat_jax.prepare_data", name]
+  if builder_config:
+    parts.append(f"--builder_config={builder_config}")
+  if name != "synthetic_streets":
+    parts.append(f"--manual_dir=<folder with the raw {name} files>")
+  parts.append(f"--data_dir={data_dir}")
+  return " ".join(parts)
+
+
+def _resolved_data_dir(data_dir: str) -> str:
+  if data_dir:
+    return data_dir
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  return os.path.expanduser(constants.DATA_DIR)
+
+
+def open_data_source(split_config, data_dir: str, *, split: str | None = None,
+                     decode_label: bool = True):
+  """The random-access data source of one split of a prepared TFDS builder.
+
+  Args:
+    split_config: a config.data.{source,target,val} entry (name, builder_config, split).
+    data_dir: config.data.data_dir ("" = the TFDS default).
+    split: overrides split_config.split.
+    decode_label: False leaves the label PNG undecoded (UDA target streams and FDA images
+      never look at it, and decoding a 2048x1024 PNG costs about as much as the image).
+  """
+  name = split_config.name
+  builder_config = split_config.get("builder_config", "") or ""
+  split = split or split_config.split
+  resolved = _resolved_data_dir(data_dir)
+  command = prepare_command(name, builder_config, resolved)
+  desc = f"dataset {name!r}" + (f" (builder_config {builder_config!r})" if builder_config else "")
+  from seat_jax import prepare_data  # pylint: disable=g-import-not-at-top
+  try:
+    builder = prepare_data.get_builder(name, resolved, builder_config or None)
+  except DatasetNotPreparedError:
+    raise
+  except Exception as e:  # get_builder's own errors, with the build command added.
+    raise DatasetNotPreparedError(
+        f"Could not open {desc} in data_dir {resolved}: {e}\nIf it has not been prepared yet, "
+        f"build it with:\n  {command}") from e
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f"{desc} is not prepared in data_dir {resolved}. Build it with:\n  {command}")
+  if split not in builder.info.splits:
+    raise ValueError(
+        f"{desc} in {resolved} has no split {split!r}; it has {sorted(builder.info.splits)}.")
+  decoders = None
+  if not decode_label:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    decoders = {"label": tfds.decode.SkipDecoding()}
+  return builder.as_data_source(split, decoders=decoders)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training streams.
+
+
+def domain_seeds(seed: int, domain: str) -> tuple[int, int]:
+  """(shuffle seed, augmentation seed) of one domain; stable across runs and Python versions."""
+  entropy = [int(seed) & 0xFFFFFFFF, zlib.crc32(domain.encode())]
+  shuffle_seed, aug_seed = np.random.SeedSequence(entropy).generate_state(2)
+  return int(shuffle_seed), int(aug_seed)
+
+
+def _ensure_absl_flags_parsed() -> None:
+  # Grain's worker processes read absl flags; outside `absl.app.run` nothing has parsed them
+  # (DEPS section 4). Marking them parsed keeps every flag at its default.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _to_iterator(ds: grain.MapDataset, worker_count: int, buffer_size: int, read_threads: int):
+  iter_ds = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=buffer_size))
+  if worker_count > 0:
+    _ensure_absl_flags_parsed()
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=max(1, buffer_size)))
+  return iter(iter_ds)
+
+
+def make_train_dataset(
+    data_source,
+    transform: TrainTransform,
+    *,
+    batch_size: int,
+    seed: int,
+    domain: str,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+  """The batched, infinite MapDataset of one domain (this host's slice of `data_source`)."""
+  if len(data_source) < process_count:
+    raise ValueError(
+        f"{transform.dataset} has {len(data_source)} examples, fewer than the "
+        f"{process_count} processes that each need a slice.")
+  shuffle_seed, aug_seed = domain_seeds(seed, domain)
+  ds = grain.MapDataset.source(data_source)[process_index::process_count]
+  ds = ds.shuffle(seed=shuffle_seed).repeat()
+  ds = ds.random_map(transform, seed=aug_seed)
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"config.train.batch_size={global_batch_size} is not divisible by the "
+        f"{process_count} processes; use a multiple of {process_count}.")
+  return global_batch_size // process_count
+
+
+def create_train_iterator(
+    config,
+    domain: str,
+    *,
+    seed: int,
+    data_source=None,
+    fda_data_source=None,
+    read_threads: int | None = None,
+):
+  """An infinite grain iterator of per-host training batches of `domain` ('source'|'target').
+
+  Batches are {'image': float32 [B_local, h, w, 3] BGR minus mean, 'label': int32
+  [B_local, h, w]}; the target has 'label' only when config.data.target.pseudo_label_dir is set.
+  The iterator supports get_state()/set_state(); the state is a JSON-serialisable dict (grain's
+  own orbax `save`/`load` write it as JSON).
+
+  Args:
+    config: the full config (data.*, train.batch_size).
+    domain: 'source' or 'target'.
+    seed: the run seed; each domain derives its own shuffle and augmentation seeds from it.
+    data_source: injected examples instead of the prepared TFDS split (tests, benchmarks).
+    fda_data_source: injected target-train images for FDA (default: config.data.target's split).
+    read_threads: grain read threads per process (default 1 with workers, else 2).
+  """
+  if domain not in _DOMAINS:
+    raise ValueError(f"domain must be one of {_DOMAINS}, got {domain!r}.")
+  data = config.data
+  split_config = data[domain]
+  is_source = domain == "source"
+  pseudo_label_dir = "" if is_source else (split_config.get("pseudo_label_dir", "") or "")
+  if pseudo_label_dir and not os.path.isdir(pseudo_label_dir):
+    raise FileNotFoundError(
+        f"config.data.target.pseudo_label_dir={pseudo_label_dir!r} is not a directory; generate "
+        "pseudo-labels first (mode=pseudo_labels) or clear the field for stage 1.")
+  with_label = is_source or bool(pseudo_label_dir)
+  if data_source is None:
+    data_source = open_data_source(split_config, data.data_dir,
+                                   decode_label=with_label and not pseudo_label_dir)
+  fda_beta = float(data.get("fda_beta", 0.0)) if is_source else 0.0
+  if fda_beta > 0 and fda_data_source is None:
+    fda_data_source = open_data_source(data.target, data.data_dir, decode_label=False)
+  fda.low_freq_half_width(1, 1, fda_beta)  # validates beta early
+  transform = TrainTransform(
+      dataset=_dataset_desc(split_config),
+      resize_hw=_check_hw(split_config.resize_hw, f"config.data.{domain}.resize_hw"),
+      crop_hw=(_check_hw(split_config.crop_hw, f"config.data.{domain}.crop_hw")
+               if split_config.get("crop_hw") else None),
+      flip=bool(data.get("flip", False)),
+      with_label=with_label,
+      # Pseudo-labels are written by the model, so they are already in its label space.
+      label_lut=None if pseudo_label_dir else label_lut(data.label_space, split_config.name),
+      pseudo_label_dir=pseudo_label_dir,
+      fda_beta=fda_beta,
+      fda_images=fda_data_source if fda_beta > 0 else None,
+  )
+  process_count = jax.process_count()
+  ds = make_train_dataset(
+      data_source, transform,
+      batch_size=local_batch_size(config.train.batch_size, process_count),
+      seed=seed, domain=domain,
+      process_index=jax.process_index(), process_count=process_count)
+  worker_count = int(data.get("worker_count", 0))
+  if read_threads is None:
+    read_threads = 1 if worker_count > 0 else 2
+  return _to_iterator(ds, worker_count, int(data.get("prefetch_buffer_size", 2)), read_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation stream.
+
+
+def _eval_length(split_config, data_source, max_examples: int) -> int:
+  limit = max_examples or split_config.get("max_examples", 0) or 0
+  return min(len(data_source), limit) if limit > 0 else len(data_source)
+
+
+def num_eval_examples(config, split_config=None, *, max_examples: int = 0,
+                      data_source=None) -> int:
+  """How many examples `create_eval_iterator` yields for the same arguments."""
+  split_config = split_config or config.data.val
+  if data_source is None:
+    data_source = open_data_source(split_config, config.data.data_dir)
+  return _eval_length(split_config, data_source, max_examples)
+
+
+def create_eval_iterator(config, split_config=None, *, max_examples: int = 0, data_source=None):
+  """A finite, re-iterable stream of single examples in the data source's fixed order.
+
+  Each element: {'image': float32 [1, h, w, 3] at split_config.resize_hw (model input),
+  'label': uint8 [1, H, W] at full stored resolution in config.data.label_space,
+  'raw_image': uint8 [1, H, W, 3] original RGB, 'id': str}. Every process sees every example.
+
+  Args:
+    config: the full config.
+    split_config: defaults to config.data.val.
+    max_examples: the first N examples (0: split_config.max_examples, and 0 there = all).
+    data_source: injected examples instead of the prepared TFDS split.
+  """
+  split_config = split_config or config.data.val
+  if data_source is None:
+    data_source = open_data_source(split_config, config.data.data_dir)
+  transform = EvalTransform(
+      dataset=_dataset_desc(split_config),
+      resize_hw=_check_hw(split_config.resize_hw, "resize_hw of the evaluation split"),
+      label_lut=label_lut(config.data.label_space, split_config.name))
+  ds = grain.MapDataset.source(data_source)[:_eval_length(split_config, data_source, max_examples)]
+  ds = ds.map(transform)
+  buffer_size = max(1, int(config.data.get("prefetch_buffer_size", 2)))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Host batches -> global arrays.
+
+
+def data_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Batch sharding: the leading axis split over the mesh's 'data' axis."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+def to_global_batch(batch: Mapping[str, Any], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Per-host numpy batch -> global jax.Arrays (leading axis = process_count * B_local).
+
+  Non-numeric fields (ids, strings) are left out: they cannot live on a device.
+  """
+  out = {}
+  for key, value in batch.items():
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+      out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out

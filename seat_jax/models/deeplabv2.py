@@ -1,0 +1,299 @@
+"""DeepLab-V2 / ResNet-101 multi-level segmenter with SEAT norms (SPEC section 1, REFERENCE 1).
+
+Layout follows AdaptSegNet's `deeplab_multi.py` exactly, so its PyTorch checkpoints map 1:1:
+Caffe-style stride on the first 1x1 conv of a block, ceil-mode 3x3/2 max-pool, dilation 2 in
+every layer3 block and 4 in every layer4 block (output stride 8), a downsample branch on the
+first block of every stage, and two heads that sum dilated 3x3 convs with bias: `aux_head` on
+layer3, `main_head` on layer4. `aspp_branches=2` sums only the first two branches
+(AdaptSegNet's early-return bug) while all four exist as parameters.
+
+Parameters are float32; `dtype` sets the compute precision; logits are float32. 1x1 convs are
+dots over channels (DEPS section 5: XLA:CPU runs them 2-4x faster than a 1x1 convolution).
+"""
+
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from seat_jax.models.seat_norm import SeatNorm, check_domain, check_norm_mode
+
+RESNET101_STAGES = (3, 4, 23, 3)
+STAGE_STRIDES = (1, 2, 1, 1)  # layer1..layer4
+STAGE_DILATIONS = (1, 1, 2, 4)
+NUM_STAGES = 5  # 0 = stem (conv1/bn1), 1..4 = layer1..layer4; indices of `source_stages`
+COMPUTE_DTYPES = ("float32", "bfloat16")
+HEAD_NAMES = ("aux_head", "main_head")
+
+conv_kernel_init = nn.initializers.normal(stddev=0.01)  # REFERENCE 1.2
+
+
+def _uniform(bound: float) -> Callable:
+  """PyTorch's default conv-bias init U(-bound, bound)."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class Conv2D(nn.Module):
+  """Square NHWC convolution, HWIO kernel stored float32, computed in `dtype`.
+
+  A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster).
+  """
+  features: int
+  kernel_size: int = 1
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  bias_init: Callable | None = None
+  output_dtype: Any = None  # e.g. float32 for logits: cast before the bias is added
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k = self.kernel_size
+    kernel = self.param(
+        "kernel", conv_kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if k == 1 and self.padding == 0:
+      if self.stride > 1:
+        x = x[:, ::self.stride, ::self.stride, :]
+      y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    else:
+      y = lax.conv_general_dilated(
+          x, kernel,
+          window_strides=(self.stride, self.stride),
+          padding=((self.padding, self.padding), (self.padding, self.padding)),
+          rhs_dilation=(self.dilation, self.dilation),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.output_dtype is not None:
+      y = y.astype(self.output_dtype)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init or nn.initializers.zeros, (self.features,),
+                        jnp.float32)
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
+  """PyTorch MaxPool2d(3, stride=2, padding=1, ceil_mode=True) on NHWC (REFERENCE 1.4).
+
+  Pads with -inf: 1 low and 1 + extra high, where extra makes room for the ceil-mode window;
+  like PyTorch, a last window that would start inside the right padding is dropped.
+  """
+  pads = []
+  for n in x.shape[1:3]:
+    out = -(-(n + 2 - 3) // 2) + 1
+    if (out - 1) * 2 >= n + 1:
+      out -= 1
+    pads.append((1, (out - 1) * 2 + 3 - n - 1))
+  init = jnp.array(-jnp.inf, x.dtype)
+  return lax.reduce_window(
+      x, init, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+class Bottleneck(nn.Module):
+  """1x1 (stride here, Caffe style) -> 3x3 dilated -> 1x1 x4, each with a norm; residual add."""
+  planes: int
+  stride: int
+  dilation: int
+  downsample: bool
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
+    conv = functools.partial(Conv2D, dtype=self.dtype)
+    y = conv(self.planes, 1, stride=self.stride, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, domain, train))
+    y = conv(self.planes, 3, padding=self.dilation, dilation=self.dilation, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y, domain, train))
+    y = conv(self.planes * 4, 1, name="conv3")(y)
+    y = self.norm(name="bn3")(y, domain, train)
+    if self.downsample:
+      x = conv(self.planes * 4, 1, stride=self.stride, name="downsample_conv")(x)
+      x = self.norm(name="downsample_bn")(x, domain, train)
+    return nn.relu(y + x.astype(y.dtype))
+
+
+class ResNetStage(nn.Module):
+  """`num_blocks` bottlenecks named block0..; the first one strides and has the downsample."""
+  num_blocks: int
+  planes: int
+  stride: int
+  dilation: int
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
+    for i in range(self.num_blocks):
+      x = Bottleneck(
+          planes=self.planes, stride=self.stride if i == 0 else 1, dilation=self.dilation,
+          downsample=i == 0, norm=self.norm, dtype=self.dtype, name=f"block{i}")(x, domain, train)
+    return x
+
+
+class DilatedSumHead(nn.Module):
+  """DeepLab-V2 classifier: the sum of parallel dilated 3x3 convs with bias, float32 out.
+
+  All `len(dilations)` branches exist as params; only the first `num_used` are summed.
+  """
+  num_classes: int
+  dilations: Sequence[int]
+  num_used: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    bias_init = _uniform(1.0 / math.sqrt(9 * x.shape[-1]))  # PyTorch default, fan_in = 9 * Cin
+    logits = None
+    for j, d in enumerate(self.dilations):
+      branch = Conv2D(
+          self.num_classes, 3, padding=d, dilation=d, use_bias=True, bias_init=bias_init,
+          dtype=self.dtype, output_dtype=jnp.float32, name=f"branch{j}")
+      if j < self.num_used:
+        y = branch(x)
+        logits = y if logits is None else logits + y
+      elif self.is_initializing():
+        branch(x)  # creates the unused branch's params; the output is dead code under jit
+    return logits
+
+
+class DeepLabV2(nn.Module):
+  """DeepLab-V2 / ResNet multi-level segmenter returning (aux_logits, main_logits) at stride 8.
+
+  Attributes mirror the model config (seat_jax/config_defaults.py `get_model_config`).
+  """
+  num_classes: int = 19
+  stage_sizes: Sequence[int] = RESNET101_STAGES
+  base_width: int = 64
+  aspp_branches: int = 4
+  aspp_dilations: Sequence[int] = (6, 12, 18, 24)
+  norm_mode: str = "seat"
+  bn_affine_trainable: bool = True
+  bn_train_stats: bool = True
+  dtype: Any = "float32"
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray, domain: str = "target", train: bool = False,
+               source_stages: Sequence[int] = ()) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """images: NHWC float32 (BGR, Caffe mean subtracted).
+
+    domain: 'source' | 'target' (static); train: batch statistics + running updates of that
+    domain (pass `mutable=['batch_stats']`); source_stages: stages (0 stem, 1..4 layer1..4)
+    that use the source norm whatever `domain` is (the evaluation-time layer switch).
+    """
+    self._check_attributes()
+    check_domain(domain)
+    source_stages = _check_source_stages(source_stages)
+    dtype = compute_dtype(self.dtype)
+    norm = functools.partial(
+        SeatNorm, mode=self.norm_mode, affine_trainable=self.bn_affine_trainable,
+        use_batch_stats_in_train=self.bn_train_stats)
+
+    def stage_domain(stage: int) -> str:
+      return "source" if stage in source_stages else domain
+
+    if images.ndim != 4:
+      raise ValueError(f"DeepLabV2 expects NHWC images (4 dims); got shape {images.shape}.")
+    x = Conv2D(self.base_width, 7, stride=2, padding=3, dtype=dtype, name="conv1")(images)
+    x = nn.relu(norm(name="bn1")(x, stage_domain(0), train))
+    x = max_pool_3x3_s2_ceil(x)
+
+    stage_outputs = []
+    for k, num_blocks in enumerate(self.stage_sizes):
+      x = ResNetStage(
+          num_blocks=num_blocks, planes=self.base_width * 2**k, stride=STAGE_STRIDES[k],
+          dilation=STAGE_DILATIONS[k], norm=norm, dtype=dtype,
+          name=f"layer{k + 1}")(x, stage_domain(k + 1), train)
+      stage_outputs.append(x)
+
+    head = functools.partial(
+        DilatedSumHead, num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),
+        num_used=self.aspp_branches, dtype=dtype)
+    aux_logits = head(name="aux_head")(stage_outputs[2])
+    main_logits = head(name="main_head")(stage_outputs[3])
+    return aux_logits, main_logits
+
+  def _check_attributes(self) -> None:
+    check_norm_mode(self.norm_mode)
+    compute_dtype(self.dtype)
+    if len(tuple(self.stage_sizes)) != 4 or any(int(n) < 1 for n in self.stage_sizes):
+      raise ValueError(
+          f"model.stage_sizes must be four positive block counts (layer1..layer4), e.g. "
+          f"{RESNET101_STAGES} for ResNet-101; got {tuple(self.stage_sizes)}.")
+    if not 1 <= self.aspp_branches <= len(tuple(self.aspp_dilations)):
+      raise ValueError(
+          f"model.aspp_branches must be between 1 and len(model.aspp_dilations)="
+          f"{len(tuple(self.aspp_dilations))}; got {self.aspp_branches}. Use 4 (all branches) "
+          "or 2 (AdaptSegNet's checkpoints).")
+
+
+def compute_dtype(name: Any) -> jnp.dtype:
+  """The compute dtype for a config string; only float32 and bfloat16 are supported."""
+  dtype = jnp.dtype(name)
+  if dtype.name not in COMPUTE_DTYPES:
+    raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}; got {name!r}.")
+  return dtype
+
+
+def _check_source_stages(source_stages: Sequence[int]) -> tuple[int, ...]:
+  stages = tuple(int(s) for s in source_stages)
+  bad = [s for s in stages if not 0 <= s < NUM_STAGES]
+  if bad:
+    raise ValueError(
+        f"source_stages (config eval.source_stages) holds stage indices 0 (stem) .. 4 (layer4); "
+        f"got {stages}, invalid: {bad}. Example: (3, 4) for the paper's 'LS 3-4'.")
+  return stages
+
+
+def build_segmenter(model_config: Any) -> DeepLabV2:
+  """A DeepLabV2 from the model config (an ml_collections.ConfigDict or any object with the
+  fields of `config_defaults.get_model_config`)."""
+  fields = ("num_classes", "stage_sizes", "base_width", "aspp_branches", "aspp_dilations",
+            "norm_mode", "bn_affine_trainable", "bn_train_stats", "dtype")
+  missing = [f for f in fields if not hasattr(model_config, f)]
+  if missing:
+    raise ValueError(
+        f"The model config lacks {missing}; expected the fields of "
+        "seat_jax/config_defaults.py get_model_config().")
+  model = DeepLabV2(
+      num_classes=int(model_config.num_classes),
+      stage_sizes=tuple(int(n) for n in model_config.stage_sizes),
+      base_width=int(model_config.base_width),
+      aspp_branches=int(model_config.aspp_branches),
+      aspp_dilations=tuple(int(d) for d in model_config.aspp_dilations),
+      norm_mode=str(model_config.norm_mode),
+      bn_affine_trainable=bool(model_config.bn_affine_trainable),
+      bn_train_stats=bool(model_config.bn_train_stats),
+      dtype=str(model_config.dtype))
+  model._check_attributes()  # fail at build time, with the config key named
+  return model
+
+
+def count_conv_params(params: Any, aspp_branches: int | None = None) -> int:
+  """Conv kernels + head biases (REFERENCE 1.7's "conv params"; BN affines excluded).
+
+  Works on arrays or `jax.ShapeDtypeStruct`s. With `aspp_branches`, only the head branches
+  that are summed count (REFERENCE's 43.45 M for the 2-branch model).
+  """
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [getattr(p, "key", str(p)) for p in path]
+    in_head = names[0] in HEAD_NAMES
+    if names[-1] != "kernel" and not (in_head and names[-1] == "bias"):
+      continue
+    if in_head and aspp_branches is not None:
+      branch = int(names[1].removeprefix("branch"))
+      if branch >= aspp_branches:
+        continue
+    total += int(np.prod(leaf.shape))
+  return total

@@ -1,0 +1,114 @@
+"""SEAT norm: a BatchNorm that keeps statistics (and optionally the affine) per domain.
+
+It replaces every BatchNorm of the segmenter (SPEC section 2). PyTorch semantics are kept exactly
+so converted weights behave the same: eps 1e-5; in training the batch is normalised with its
+biased variance and the running stats move as `0.9 * old + 0.1 * batch` with the unbiased
+variance; in evaluation the running stats of the chosen domain are used.
+
+Modes (variable names are part of the model contract, checkpoints depend on them):
+  shared: params {scale, bias}; batch_stats {mean, var}  (plain BN, the AdaptSegNet baseline)
+  sat:    params {scale, bias}; batch_stats {source_mean, source_var, target_mean, target_var}
+  seat:   params {source_scale, source_bias, target_scale, target_bias}; per-domain batch_stats
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+DOMAINS = ("source", "target")
+NORM_MODES = ("shared", "sat", "seat")
+
+
+def check_domain(domain: Any) -> None:
+  """Fails early with a readable message; a typo would otherwise silently pick a wrong slot."""
+  if domain not in DOMAINS:
+    raise ValueError(f"domain must be one of {DOMAINS} (a static Python string); got {domain!r}.")
+
+
+def check_norm_mode(mode: Any) -> None:
+  if mode not in NORM_MODES:
+    raise ValueError(
+        f"model.norm_mode must be one of {NORM_MODES}; got {mode!r}. Set --config.model.norm_mode "
+        "to shared (plain BN), sat (shared affine) or seat (per-domain affine).")
+
+
+def _batch_moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Mean and biased variance over every axis but the last (two passes, for accuracy)."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  return mean, var
+
+
+class SeatNorm(nn.Module):
+  """BatchNorm over the last axis with per-domain running statistics (and affine in `seat`).
+
+  Attributes:
+    mode: 'shared' | 'sat' | 'seat' (see the module docstring).
+    affine_trainable: False stops the gradient of scale/bias (AdaptSegNet freezes them).
+    use_batch_stats_in_train: False normalises with the running stats even when training and
+      leaves them untouched (frozen BN).
+    momentum: PyTorch-style momentum: new = (1 - momentum) * old + momentum * batch.
+    epsilon: added to the variance.
+  """
+  mode: str = "seat"
+  affine_trainable: bool = True
+  use_batch_stats_in_train: bool = True
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, domain: str = "target", train: bool = False) -> jnp.ndarray:
+    """Normalises `x` (..., C) with `domain`'s statistics; returns the dtype of `x`."""
+    check_norm_mode(self.mode)
+    check_domain(domain)
+    features = x.shape[-1]
+    scale, bias = self._affine(features, domain)
+    running_mean, running_var = self._running_stats(features, domain)
+
+    x32 = x.astype(jnp.float32)
+    if train and self.use_batch_stats_in_train:
+      mean, var = _batch_moments(x32)
+      if not self.is_initializing():  # init leaves the stats at 0 / 1, as the contract says
+        count = x.size // features
+        unbiased_var = var * (count / max(count - 1, 1))
+        keep = 1.0 - self.momentum
+        running_mean.value = keep * running_mean.value + self.momentum * lax.stop_gradient(mean)
+        running_var.value = (
+            keep * running_var.value + self.momentum * lax.stop_gradient(unbiased_var))
+    else:
+      mean, var = running_mean.value, running_var.value
+
+    multiplier = scale * lax.rsqrt(var + self.epsilon)
+    y = (x32 - mean) * multiplier + bias
+    return y.astype(x.dtype)
+
+  def _affine(self, features: int, domain: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Declares every affine of the mode (so init creates all) and returns `domain`'s."""
+    def declare(prefix: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+      scale = self.param(prefix + "scale", nn.initializers.ones, (features,), jnp.float32)
+      bias = self.param(prefix + "bias", nn.initializers.zeros, (features,), jnp.float32)
+      return scale, bias
+
+    if self.mode == "seat":
+      per_domain = {d: declare(d + "_") for d in DOMAINS}
+      scale, bias = per_domain[domain]
+    else:
+      scale, bias = declare("")
+    if not self.affine_trainable:
+      scale, bias = lax.stop_gradient(scale), lax.stop_gradient(bias)
+    return scale, bias
+
+  def _running_stats(self, features: int, domain: str):
+    """Declares every stats slot of the mode and returns `domain`'s (mean, var) variables."""
+    def declare(prefix: str):
+      mean = self.variable("batch_stats", prefix + "mean", jnp.zeros, (features,), jnp.float32)
+      var = self.variable("batch_stats", prefix + "var", jnp.ones, (features,), jnp.float32)
+      return mean, var
+
+    if self.mode == "shared":
+      return declare("")
+    per_domain = {d: declare(d + "_") for d in DOMAINS}
+    return per_domain[domain]
