@@ -179,8 +179,21 @@ def make_predict_fn(model: Any, source_stages: Sequence[int] = ()) -> Callable[.
   """Jitted fn(variables, image [1, h, w, 3], label_hw) -> uint8 train ids [1, *label_hw].
 
   `label_hw` is static; the prediction is made at the label's resolution, not the model input's.
+  The function is cached per (model, source_stages), so periodic evaluation compiles once.
   """
   source_stages = tuple(int(s) for s in source_stages)
+  try:
+    return _cached_predict_fn(model, source_stages)
+  except TypeError:  # an unhashable model: no caching
+    return _build_predict_fn(model, source_stages)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_predict_fn(model: Any, source_stages: tuple[int, ...]) -> Callable[..., jax.Array]:
+  return _build_predict_fn(model, source_stages)
+
+
+def _build_predict_fn(model: Any, source_stages: tuple[int, ...]) -> Callable[..., jax.Array]:
 
   @functools.partial(jax.jit, static_argnames=("label_hw",))
   def predict(variables, image, label_hw):
@@ -385,7 +398,7 @@ def evaluate(model: Any, variables: Any, examples: Iterable[dict[str, Any]],
       write_png(run_dir / "panels" / f"{stem}.png", make_panel(tiles))
     if config.eval.write_predictions:
       write_png(run_dir / "predictions" / f"{stem}_pred_labelIds.png",
-                 to_label_id_image(prediction, space))
+                to_label_id_image(prediction, space))
 
   # One example in flight: the device predicts example i while the host scores example i - 1.
   pending = None
@@ -481,7 +494,7 @@ def summary_markdown(results: Sequence[dict[str, Any]], final: dict[str, Any],
                      best: dict[str, Any], directory) -> str:
   """One row per evaluated step plus the two named selections."""
   names = [name for name in results[0] if name.startswith("mIoU")]
-  lines = [f"# Evaluation summary", "", f"Checkpoints: `{directory}`", "",
+  lines = ["# Evaluation summary", "", f"Checkpoints: `{directory}`", "",
            "| step | " + " | ".join(f"{n} (%)" for n in names) + " |",
            "|---:|" + "---:|" * len(names)]
   for result in results:
@@ -522,10 +535,7 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir) -> dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
   writer = metric_writers.create_default_writer(
       str(out_dir), just_logging=not is_writer_host, asynchronous=False)
-  max_examples = config.data.val.get("max_examples", 0)
-  total = input_pipeline.num_eval_examples(config)
-  if max_examples:
-    total = min(total, max_examples)
+  total = input_pipeline.num_eval_examples(config)  # honours config.data.val.max_examples
 
   results = []
   for step in steps:
@@ -533,7 +543,7 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir) -> dict[str
           f"{config.data.val.split} ({total} images, {space.name}, source_stages="
           f"{tuple(config.eval.source_stages)})", flush=True)
     variables = checkpointing.restore_model(directory, abstract, step)
-    examples = input_pipeline.create_eval_iterator(config, max_examples=max_examples)
+    examples = input_pipeline.create_eval_iterator(config)
     results.append(evaluate(model, variables, examples, config, out_dir, step=step,
                             writer=writer, total=total, predict_fn=predict))
   writer.flush()

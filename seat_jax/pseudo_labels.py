@@ -15,10 +15,10 @@ take gigabytes (2975 x 512 x 1024 floats for Cityscapes), so confidences are qua
 predictions and thresholds them. With quantised confidences the rule is exact, not approximate.
 """
 
+import functools
 import json
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -56,7 +56,7 @@ def apply_class_thresholds(confidence: np.ndarray, prediction: np.ndarray,
 
 
 def global_threshold_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
-  """uint8 labels from class probabilities [..., C]: argmax where max prob >= threshold, else 255."""
+  """uint8 labels from probabilities [..., C]: the argmax where max prob >= threshold, else 255."""
   probs = np.asarray(probs)
   prediction = probs.argmax(axis=-1)
   confidence = probs.max(axis=-1)
@@ -241,18 +241,14 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
       directory, evaluate.abstract_variables(model, config), step)
   confidence_fn = make_confidence_fn(model, config.eval.source_stages)
   split_config = config.data.target
-  max_examples = split_config.get("max_examples", 0)
   total = input_pipeline.num_eval_examples(config, split_config)
-  if max_examples:
-    total = min(total, max_examples)
   split_name = f"{split_config.name}/{split_config.split}"
   out = output_dir(config, workdir)
   is_writer_host = jax.process_index() == 0
 
   def split_predictions(what: str):
     meter = evaluate.Progress(what, total, enabled=is_writer_host)
-    examples = input_pipeline.create_eval_iterator(
-        config, split_config, max_examples=max_examples)
+    examples = input_pipeline.create_eval_iterator(config, split_config)
     for item in predict_split(confidence_fn, variables, examples):
       yield item
       meter.update()
@@ -278,7 +274,8 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   size_hw = None
   for index, (example_id, example, prediction, confidence) in enumerate(split_predictions(what)):
     pseudo = apply_class_thresholds(rule_confidence(confidence), prediction, thresholds)
-    predicted += np.bincount(prediction.reshape(-1), minlength=space.num_classes)[:space.num_classes]
+    predicted += np.bincount(prediction.reshape(-1), minlength=space.num_classes)[
+        :space.num_classes]
     kept_ids = pseudo[pseudo != labels.IGNORE_ID]
     kept += np.bincount(kept_ids, minlength=space.num_classes)[:space.num_classes]
     count += 1

@@ -64,24 +64,26 @@ def discriminator_names(adv_mode: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
-  """The static, hashable part of the config that shapes the step."""
+  """The static part of the config that shapes the step's graph."""
   adv_mode: str
   adv_input: str
-  multi_level_lambda: float
-  adv_weight: float
-  adv_weight_aux: float
-  aux_weight: float
-  entropy_weight: float
-  target_ce_weight: float
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
-    return cls(adv_mode=config.adv.mode, adv_input=config.adv.input,
-               multi_level_lambda=float(config.adv.multi_level_lambda),
-               adv_weight=float(config.adv.weight), adv_weight_aux=float(config.adv.weight_aux),
-               aux_weight=float(config.loss.aux_weight),
-               entropy_weight=float(config.loss.entropy_weight),
-               target_ce_weight=float(config.loss.target_ce_weight))
+    return cls(adv_mode=config.adv.mode, adv_input=config.adv.input)
+
+
+LOSS_WEIGHT_KEYS = ("multi_level_lambda", "adv_weight", "adv_weight_aux", "aux_weight",
+                    "entropy_weight", "target_ce_weight")
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The loss weights, passed to the step as values so changing one does not recompile."""
+  values = {"multi_level_lambda": config.adv.multi_level_lambda, "adv_weight": config.adv.weight,
+            "adv_weight_aux": config.adv.weight_aux, "aux_weight": config.loss.aux_weight,
+            "entropy_weight": config.loss.entropy_weight,
+            "target_ce_weight": config.loss.target_ce_weight}
+  return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
 def _output_map(logits: jax.Array, adv_input: str) -> jax.Array:
@@ -89,7 +91,8 @@ def _output_map(logits: jax.Array, adv_input: str) -> jax.Array:
   return losses.self_information(probs) if adv_input == "entropy" else probs
 
 
-def discriminator_input(name: str, main: jax.Array, aux: jax.Array, opts: StepOptions) -> jax.Array:
+def discriminator_input(name: str, main: jax.Array, aux: jax.Array, opts: StepOptions,
+                        multi_level_lambda: jax.Array | float = 0.0) -> jax.Array:
   """What discriminator `name` sees for upsampled logits (main, aux).
 
   multi_level_sum (the paper): one D on map(main) + lambda * map(aux); single: map(main);
@@ -98,8 +101,8 @@ def discriminator_input(name: str, main: jax.Array, aux: jax.Array, opts: StepOp
   if name == "aux":
     return _output_map(aux, opts.adv_input)
   fused = _output_map(main, opts.adv_input)
-  if opts.adv_mode == "multi_level_sum" and opts.multi_level_lambda:
-    fused = fused + opts.multi_level_lambda * _output_map(aux, opts.adv_input)
+  if opts.adv_mode == "multi_level_sum":
+    fused = fused + multi_level_lambda * _output_map(aux, opts.adv_input)
   return fused
 
 
@@ -108,13 +111,16 @@ def _upsample(logits: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
-  """Returns step(state, batch) -> (state, metrics); pure, to be jitted by the caller."""
+  """Returns step(state, batch, weights) -> (state, metrics); pure, to be jitted by the caller.
+
+  `weights` is `loss_weights(config)`.
+  """
   disc_names = discriminator_names(opts.adv_mode)
 
   def apply_disc(disc_params, name, maps):
     return disc.apply({"params": disc_params[name]}, maps)
 
-  def segmenter_loss(params, state: TrainState, batch):
+  def segmenter_loss(params, state: TrainState, batch, w):
     src_img, tgt_img = batch["source_image"], batch["target_image"]
     (aux_s, main_s), updated = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, src_img,
@@ -122,7 +128,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     aux_s, main_s = _upsample(aux_s, src_img), _upsample(main_s, src_img)
     seg_main = losses.cross_entropy(main_s, batch["source_label"])
     seg_aux = losses.cross_entropy(aux_s, batch["source_label"])
-    total = seg_main + opts.aux_weight * seg_aux
+    total = seg_main + w["aux_weight"] * seg_aux
     metrics = {"seg_main": seg_main, "seg_aux": seg_aux}
 
     # The target pass starts from the statistics the source pass left: in `shared` mode they
@@ -132,51 +138,52 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
         domain="target", train=True, mutable=["batch_stats"])
     aux_t, main_t = _upsample(aux_t, tgt_img), _upsample(main_t, tgt_img)
     for name in disc_names:
-      d_out = apply_disc(state.disc_params, name, discriminator_input(name, main_t, aux_t, opts))
-      adv = losses.bce_with_logits(d_out, losses.SOURCE_DOMAIN_LABEL)
-      total += (opts.adv_weight_aux if name == "aux" else opts.adv_weight) * adv
+      maps = discriminator_input(name, main_t, aux_t, opts, w["multi_level_lambda"])
+      adv = losses.bce_with_logits(apply_disc(state.disc_params, name, maps),
+                                   losses.SOURCE_DOMAIN_LABEL)
+      total += w["adv_weight_aux" if name == "aux" else "adv_weight"] * adv
       metrics[f"adv_{name}"] = adv
-    if opts.entropy_weight:
-      ent = losses.entropy_loss(jax.nn.softmax(main_t, axis=-1))
-      total += opts.entropy_weight * ent
-      metrics["entropy"] = ent
-    if "target_label" in batch and opts.target_ce_weight:
+    ent = losses.entropy_loss(jax.nn.softmax(main_t, axis=-1))
+    total += w["entropy_weight"] * ent
+    metrics["entropy"] = ent
+    if "target_label" in batch:
       tgt_main = losses.cross_entropy(main_t, batch["target_label"])
       tgt_aux = losses.cross_entropy(aux_t, batch["target_label"])
-      total += opts.target_ce_weight * (tgt_main + opts.aux_weight * tgt_aux)
+      total += w["target_ce_weight"] * (tgt_main + w["aux_weight"] * tgt_aux)
       metrics["target_seg_main"] = tgt_main
     outputs = {"source": (main_s, aux_s), "target": (main_t, aux_t)}
     return total, (updated["batch_stats"], outputs, metrics)
 
-  def discriminator_loss(disc_params, outputs):
+  def discriminator_loss(disc_params, outputs, w):
     total, metrics = 0.0, {}
     for name in disc_names:
       per_domain = {}
       for domain, label in (("source", losses.SOURCE_DOMAIN_LABEL),
                             ("target", losses.TARGET_DOMAIN_LABEL)):
         main, aux = outputs[domain]
-        maps = jax.lax.stop_gradient(discriminator_input(name, main, aux, opts))
+        maps = jax.lax.stop_gradient(
+            discriminator_input(name, main, aux, opts, w["multi_level_lambda"]))
         per_domain[domain] = losses.bce_with_logits(apply_disc(disc_params, name, maps), label)
       total += 0.5 * per_domain["source"] + 0.5 * per_domain["target"]
       metrics[f"d_{name}_source"] = per_domain["source"]
       metrics[f"d_{name}_target"] = per_domain["target"]
     return total, metrics
 
-  def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def step(state: TrainState, batch, weights) -> tuple[TrainState, dict[str, jax.Array]]:
     (loss, (batch_stats, outputs, metrics)), grads = jax.value_and_grad(
-        segmenter_loss, has_aux=True)(state.params, state, batch)
+        segmenter_loss, has_aux=True)(state.params, state, batch, weights)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads),
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=lr_schedules["backbone"](state.step))
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if disc_names:
       (_, d_metrics), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
-          state.disc_params, outputs)
+          state.disc_params, outputs, weights)
       d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, disc_params)
       disc_params = optax.apply_updates(disc_params, d_updates)
-      metrics.update(d_metrics, disc_grad_norm=optax.global_norm(d_grads))
+      metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, disc_params=disc_params,
                               disc_opt_state=disc_opt_state)
@@ -260,7 +267,7 @@ def abstract_state(trainer: Trainer) -> TrainState:
 def jit_train_step(trainer: Trainer):
   step = make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx, trainer.opts,
                          optim.segmenter_lr_schedules(trainer.config))
-  return jax.jit(step, in_shardings=(trainer.replicated, trainer.data_sharding),
+  return jax.jit(step, in_shardings=(trainer.replicated, trainer.data_sharding, trainer.replicated),
                  out_shardings=(trainer.replicated, trainer.replicated), donate_argnums=(0,))
 
 
@@ -382,6 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log_parameter_overview(state, workdir)
     writer.write_hparams(_flat_hparams(config))
   train_step = jit_train_step(trainer)
+  weights = jax.device_put(loss_weights(config), trainer.replicated)
   manager = checkpointing.train_manager(workdir / "checkpoints", config.train.keep_checkpoints)
 
   num_steps = config.train.num_steps
@@ -394,7 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     with metric_writers.ensure_flushes(writer):
       for step in range(start_step + 1, num_steps + 1):
-        state, metrics = train_step(state, next(data))
+        state, metrics = train_step(state, next(data), weights)
         window_steps += 1
         is_last = step == num_steps
         save_now = is_last or step % config.train.checkpoint_every == 0

@@ -20,9 +20,14 @@ def test_patch_map_shape(in_hw, out_hw):
   assert out.shape == (1, *out_hw, 1) and out.dtype == jnp.float32
 
 
-def test_param_count_and_init_bounds():
-  variables = FCDiscriminator().init(jax.random.key(0), jnp.zeros((1, 64, 64, NUM_CLASSES)))
-  params = variables["params"]
+@pytest.fixture(scope="module")
+def params():
+  """One real init shared by the tests (jax.random compiles slowly on CPU)."""
+  init = jax.jit(FCDiscriminator().init)
+  return init(jax.random.key(0), jnp.zeros((1, 64, 64, NUM_CLASSES)))["params"]
+
+
+def test_param_count_and_init_bounds(params):
   assert set(params) == {"conv1", "conv2", "conv3", "conv4", "classifier"}
   channels = [NUM_CLASSES, 64, 128, 256, 512, 1]
   by_hand = sum(16 * cin * cout + cout for cin, cout in zip(channels[:-1], channels[1:]))
@@ -35,11 +40,10 @@ def test_param_count_and_init_bounds():
     assert np.abs(params[name]["kernel"]).max() > 0.9 * bound  # uniform, not a narrow normal
 
 
-def test_matches_torch_reference_with_leaky_relu_0_2():
+def test_matches_torch_reference_with_leaky_relu_0_2(params):
   """Same weights in a torch Sequential (4x4/2 pad 1 convs, LeakyReLU(0.2)) give the same map."""
   x = np.random.default_rng(0).uniform(size=(2, 64, 96, NUM_CLASSES)).astype(np.float32)
   model = FCDiscriminator()
-  params = model.init(jax.random.key(1), jnp.asarray(x))["params"]
   # Negative activations matter only if the slope is right: make biases push some below zero.
   params = jax.tree.map(lambda p: p * 4.0, params)
   layers = []

@@ -94,7 +94,7 @@ def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
     if (out - 1) * 2 >= n + 1:
       out -= 1
     pads.append((1, (out - 1) * 2 + 3 - n - 1))
-  init = jnp.array(-jnp.inf, x.dtype)
+  init = -jnp.inf  # a Python scalar: lax.reduce_window is only differentiable with one
   return lax.reduce_window(
       x, init, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), pads[0], pads[1], (0, 0)))
 

@@ -1,0 +1,137 @@
+"""The jitted adversarial step on a tiny model with fixed fake batches (no input pipeline).
+
+Loss weights are runtime values of the step, so one compiled step per adversarial mode serves
+every weight setting below.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seat_jax import optim
+from seat_jax import presets
+from seat_jax import train
+
+
+def _config(mode="multi_level_sum", adv_input="softmax"):
+  config = presets.demo("seat")
+  config.model.num_classes = 5
+  config.adv.mode = mode
+  config.adv.input = adv_input
+  config.adv.weight = 0.5  # large, so the adversarial gradient is clearly visible
+  config.optim.weight_decay = 0.0
+  config.train.batch_size = 2
+  return config
+
+
+def _batch(seed=0, h=32, w=48, num_classes=5):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, size=(2, h, w)).astype(np.int32)
+  labels[:, :4] = 255
+  return {"source_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 50, jnp.float32),
+          "source_label": jnp.asarray(labels),
+          "target_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 30 + 20, jnp.float32)}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(mode, adv_input="softmax"):
+  """(initial state, jitted step, default weights) for one adversarial mode."""
+  config = _config(mode, adv_input)
+  trainer = train.build_trainer(config)
+  step = train.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
+                               trainer.opts, optim.segmenter_lr_schedules(config))
+  return train.create_state(trainer, 0), jax.jit(step), train.loss_weights(config)
+
+
+def _run(mode="multi_level_sum", batch=None, adv_input="softmax", **weights):
+  state, step, default = _compiled(mode, adv_input)
+  w = {**default, **{k: jnp.float32(v) for k, v in weights.items()}}
+  new_state, metrics = step(state, batch if batch is not None else _batch(), w)
+  return state, new_state, metrics
+
+
+def _changed(a, b):
+  return jax.tree.map(lambda x, y: bool(jnp.any(x != y)), a, b)
+
+
+def test_step_moves_segmenter_and_discriminator():
+  before, after, metrics = _run()
+  assert int(after.step) == 1
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert any(jax.tree.leaves(_changed(before.params, after.params)))
+  assert all(jax.tree.leaves(_changed(before.disc_params, after.disc_params)))
+  bn = _changed(before.params["bn1"], after.params["bn1"])
+  assert bn["source_scale"] and bn["target_scale"]  # SEAT moves both domains' affines
+
+
+def test_each_domain_affine_moves_only_through_its_own_pass():
+  # No adversarial gradient and no target loss: nothing flows into the target affine.
+  before, after, _ = _run(adv_weight=0.0)
+  changed = _changed(before.params["layer1"]["block0"]["bn2"], after.params["layer1"]["block0"]["bn2"])
+  assert changed["source_scale"] and not changed["target_scale"] and not changed["target_bias"]
+  # Every source pixel ignored: only the adversarial (target) pass moves the affines.
+  batch = _batch()
+  batch["source_label"] = jnp.full_like(batch["source_label"], 255)
+  before, after, _ = _run(batch=batch)
+  changed = _changed(before.params["layer1"]["block0"]["bn2"], after.params["layer1"]["block0"]["bn2"])
+  assert changed["target_scale"] and not changed["source_scale"] and not changed["source_bias"]
+
+
+def test_discriminator_update_does_not_depend_on_the_segmenter_loss():
+  # D learns from stop_gradient maps of the pre-update segmenter: G-side weights cannot move it.
+  _, a, _ = _run(adv_weight=0.5, aux_weight=0.1)
+  _, b, _ = _run(adv_weight=0.0, aux_weight=3.0)
+  jax.tree.map(np.testing.assert_array_equal, a.disc_params, b.disc_params)
+  assert any(jax.tree.leaves(_changed(a.params, b.params)))
+
+
+def test_segmenter_update_does_not_depend_on_the_discriminator_update():
+  # With no adversarial weight the segmenter moves exactly as in the source-only step,
+  # although here the discriminator is being trained alongside.
+  _, with_disc, _ = _run("multi_level_sum", adv_weight=0.0)
+  _, source_only, metrics = _run("none")
+  jax.tree.map(np.testing.assert_array_equal, with_disc.params, source_only.params)
+  assert not any(k.startswith("d_") for k in metrics)
+
+
+def test_adversarial_gradient_reaches_the_segmenter():
+  _, with_adv, _ = _run(adv_weight=0.5)
+  _, without_adv, _ = _run(adv_weight=0.0)
+  assert any(jax.tree.leaves(_changed(with_adv.params["main_head"], without_adv.params["main_head"])))
+
+
+def test_multi_level_with_lambda_zero_equals_single_level():
+  _, multi, m_metrics = _run("multi_level_sum", multi_level_lambda=0.0)
+  _, single, s_metrics = _run("single")
+  jax.tree.map(np.testing.assert_array_equal, multi.params, single.params)
+  jax.tree.map(np.testing.assert_array_equal, multi.disc_params, single.disc_params)
+  assert float(m_metrics["loss"]) == float(s_metrics["loss"])
+  _, fused, _ = _run("multi_level_sum", multi_level_lambda=0.5)
+  assert any(jax.tree.leaves(_changed(multi.disc_params, fused.disc_params)))
+
+
+def test_two_discriminators_with_entropy_input():
+  _, after, metrics = _run("two_discriminators", adv_input="entropy")
+  assert set(after.disc_params) == {"main", "aux"}
+  assert {"adv_main", "adv_aux", "d_aux_source", "d_main_target"} <= set(metrics)
+
+
+def test_pseudo_labels_add_a_target_cross_entropy():
+  batch = _batch()
+  batch["target_label"] = batch["source_label"]
+  _, a, metrics = _run(batch=batch, target_ce_weight=1.0)
+  _, b, _ = _run(batch=batch, target_ce_weight=0.0)
+  assert float(metrics["target_seg_main"]) > 0
+  assert any(jax.tree.leaves(_changed(a.params, b.params)))
+
+
+def test_discriminator_input_fuses_softmax_maps():
+  main = jnp.array([[[[0.0, 1.0]]]])
+  aux = jnp.array([[[[2.0, 0.0]]]])
+  opts = train.StepOptions(adv_mode="multi_level_sum", adv_input="softmax")
+  got = train.discriminator_input("main", main, aux, opts, 0.05)
+  expected = jax.nn.softmax(main) + 0.05 * jax.nn.softmax(aux)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
