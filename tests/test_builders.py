@@ -1,0 +1,275 @@
+"""GTA5, SYNTHIA and Cityscapes builders on tiny fake copies of the real layouts and formats.
+
+Each dataset is built once per module into a tmp dir with `seat_jax.prepare_data.prepare` and
+read back with `tfds.data_source`; the expected train ids come from hand-written id tables,
+not from seat_jax.labels.
+"""
+
+import shutil
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+import data_builders
+from data_builders.cityscapes import make_fake_data as fake_cityscapes
+from data_builders.gta5 import make_fake_data as fake_gta5
+from data_builders.synthia import make_fake_data as fake_synthia
+from data_builders.synthia import synthia_dataset_builder
+from seat_jax import prepare_data
+
+# Hand-written expectations for the ids the fake data uses (REFERENCE 4.1).
+CITYSCAPES_EXPECTED = {7: 0, 8: 1, 11: 2, 17: 5, 21: 8, 23: 10, 24: 11, 26: 13, 33: 18,
+                       0: 255, 1: 255, 4: 255, 29: 255, 30: 255, 34: 255}
+SYNTHIA_EXPECTED = {3: 0, 4: 1, 2: 2, 21: 3, 10: 10, 8: 12, 11: 15, 1: 9,
+                    0: 255, 13: 255, 16: 255, 22: 255, 300: 255}
+
+
+def _expected(raw: np.ndarray, table: dict[int, int]) -> np.ndarray:
+  return np.vectorize(table.__getitem__)(raw.astype(np.int64)).astype(np.uint8)
+
+
+def _by_id(source) -> dict[str, dict]:
+  examples = [source[i] for i in range(len(source))]
+  return {e["id"].decode() if isinstance(e["id"], bytes) else e["id"]: e for e in examples}
+
+
+# ------------------------------------------------------------------------------------ GTA5
+
+
+@pytest.fixture(scope="module")
+def gta5(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gta5")
+  written = fake_gta5.make_fake_data(root / "manual")
+  data_dir = root / "data"
+  for config in ("original", "translated"):
+    prepare_data.prepare("gta5", str(data_dir), str(root / "manual"), config)
+  return root, data_dir, written
+
+
+def test_gta5_counts_ids_and_train_ids(gta5):
+  _, data_dir, written = gta5
+  source = tfds.data_source("gta5/original", split="train", data_dir=str(data_dir), download=False)
+  examples = _by_id(source)
+  assert sorted(examples) == written["kept"] == ["00001", "00002", "00003"]
+  for index, example_id in enumerate(written["ids"][:3]):
+    example = examples[example_id]
+    label = example["label"]
+    assert label.shape == (8, 16, 1) and label.dtype == np.uint8
+    raw = fake_gta5.fake_label_ids(index, (8, 16))
+    np.testing.assert_array_equal(label[..., 0], _expected(raw, CITYSCAPES_EXPECTED))
+    np.testing.assert_array_equal(example["image"], fake_gta5.fake_image(index, (8, 16)))
+  # Several ids at chosen pixels of example 0: labelIds 7, 8, 11, 26, 33, 0, 1, 4, 34.
+  assert examples["00001"]["label"][0, :9, 0].tolist() == [0, 1, 2, 13, 18, 255, 255, 255, 255]
+
+
+def test_gta5_size_mismatch_is_skipped_and_reported(gta5, capsys):
+  _, data_dir, written = gta5
+  builder = prepare_data.get_builder("gta5", str(data_dir), "original")  # reloaded from disk
+  skipped = builder.info.metadata["skipped"]["train"]
+  assert [s["id"] for s in skipped] == written["mismatched"] == ["00004"]
+  assert skipped[0]["image_size_wh"] == [16, 8] and skipped[0]["label_size_wh"] == [16, 9]
+  assert (builder.data_path / "metadata.json").exists()
+  report = prepare_data.summary(builder)
+  assert "train: 3 examples" in report and "skipped 1 pairs" in report and "00004" in report
+
+
+def test_gta5_translated_uses_other_image_folder(gta5):
+  _, data_dir, _ = gta5
+  builder = prepare_data.get_builder("gta5", str(data_dir), "translated")
+  source = builder.as_data_source("train")
+  assert len(source) == 3
+  example = _by_id(source)["00002"]
+  assert example["image"].shape == (4, 8, 3)  # the rescaled translated image
+  assert example["label"].shape == (8, 16, 1)
+  expected = 255 - np.asarray(Image.fromarray(fake_gta5.fake_image(1, (8, 16))).resize((8, 4)))
+  np.testing.assert_array_equal(example["image"], expected)
+
+
+def _copy_manual(gta5, tmp_path) -> epath.Path:
+  manual = tmp_path / "manual"
+  shutil.copytree(gta5[0] / "manual", manual)
+  return manual
+
+
+def test_gta5_missing_manual_dir_names_source(tmp_path):
+  with pytest.raises(data_builders.DataError,
+                     match=r"(?s)manual directory is missing.*download\.visinf\.tu-darmstadt\.de"
+                           r".*images/.*labels/"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(tmp_path / "nowhere"))
+
+
+def test_gta5_wrong_layout_names_expected_paths(gta5, tmp_path):
+  manual = _copy_manual(gta5, tmp_path)
+  shutil.rmtree(manual / "labels")
+  with pytest.raises(data_builders.DataError, match=r"(?s)wrong layout.*missing .*labels"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+
+
+def test_gta5_data_one_level_down_gets_a_hint(gta5, tmp_path):
+  outer = tmp_path / "outer"
+  shutil.copytree(gta5[0] / "manual", outer / "GTA5")
+  with pytest.raises(data_builders.DataError, match=r"try --manual_dir=.*outer/GTA5"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(outer))
+
+
+def test_gta5_unmatched_files_are_an_error(gta5, tmp_path):
+  manual = _copy_manual(gta5, tmp_path)
+  (manual / "labels" / "00002.png").unlink()
+  with pytest.raises(data_builders.DataError, match=r"1 images in .* have no label.*00002\.png"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+
+
+def test_gta5_corrupt_label_names_the_file(gta5, tmp_path):
+  manual = _copy_manual(gta5, tmp_path)
+  (manual / "labels" / "00002.png").write_bytes(b"not a png at all")
+  with pytest.raises(data_builders.DataError, match=r"Cannot read .*labels/00002\.png"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+
+
+def test_gta5_truncated_image_names_the_file(gta5, tmp_path):
+  manual = _copy_manual(gta5, tmp_path)
+  path = manual / "images" / "00003.png"
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])  # header intact, pixel data cut
+  with pytest.raises(data_builders.DataError, match=r"Cannot read .*images/00003\.png"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+
+
+def test_gta5_colour_label_is_refused(gta5, tmp_path):
+  manual = _copy_manual(gta5, tmp_path)
+  Image.new("RGB", (16, 8)).save(manual / "labels" / "00001.png")
+  with pytest.raises(data_builders.DataError, match=r"00001\.png: expected a single-channel"):
+    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+
+
+def test_cli_prints_counts_and_skipped_report(gta5, tmp_path, capsys):
+  manual = gta5[0] / "manual"
+  code = prepare_data.main(["gta5", f"--manual_dir={manual}", f"--data_dir={tmp_path}"])
+  out = capsys.readouterr().out
+  assert code == 0
+  assert "Prepared gta5/original" in out and "train: 3 examples" in out and "00004" in out
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+  code = prepare_data.main(["cityscapes", f"--manual_dir={tmp_path / 'x'}",
+                            f"--data_dir={tmp_path}"])
+  assert code == 2
+  assert "cityscapes-dataset.com" in capsys.readouterr().err
+
+
+def test_get_builder_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"python -m seat_jax.prepare_data synthia "
+                                              r"--manual_dir=DIR"):
+    prepare_data.get_builder("synthia", str(tmp_path))
+  with pytest.raises(ValueError, match=r"expected one of \['original', 'translated'\]"):
+    prepare_data.get_builder("gta5", str(tmp_path), "cyclegan")
+  with pytest.raises(ValueError, match="has no builder configs"):
+    prepare_data.get_builder("cityscapes", str(tmp_path), "fine")
+  with pytest.raises(ValueError, match="Unknown dataset 'kitti'"):
+    prepare_data.get_builder("kitti", str(tmp_path))
+
+
+# --------------------------------------------------------------------------------- SYNTHIA
+
+
+@pytest.fixture(scope="module")
+def synthia(tmp_path_factory):
+  root = tmp_path_factory.mktemp("synthia")
+  ids = fake_synthia.make_fake_data(root / "manual")
+  data_dir = root / "data"
+  prepare_data.prepare("synthia", str(data_dir), str(root / "manual"))
+  return root, data_dir, ids
+
+
+def test_synthia_counts_and_16_class_ids(synthia):
+  _, data_dir, ids = synthia
+  source = tfds.data_source("synthia", split="train", data_dir=str(data_dir), download=False)
+  examples = _by_id(source)
+  assert sorted(examples) == ids == ["0000000", "0000001", "0000002"]
+  for index, example_id in enumerate(ids):
+    raw = fake_synthia.fake_raw_labels(index, (8, 16))[..., 0]
+    label = examples[example_id]["label"][..., 0]
+    np.testing.assert_array_equal(label, _expected(raw, SYNTHIA_EXPECTED))
+  # Chosen pixels of example 0: road, sidewalk, building, wall, person, car, bicycle, sky,
+  # then void, parking-slot, terrain, lanemarking and an id > 255, all ignored.
+  assert examples["0000000"]["label"][0, :13, 0].tolist() == [
+      0, 1, 2, 3, 10, 12, 15, 9, 255, 255, 255, 255, 255]
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_png16_round_trip(tmp_path, channels):
+  rng = np.random.default_rng(channels)
+  samples = rng.integers(0, 65536, size=(23, 37, channels)).astype(np.uint16)
+  samples[..., 0] = rng.integers(0, 23, size=(23, 37))
+  samples[:3] = 65535  # saturated rows exercise the filters' wrap-around
+  fake_synthia.write_png16(tmp_path / "x.png", samples)
+  read = synthia_dataset_builder.read_png16(epath.Path(tmp_path / "x.png"))
+  assert read.dtype == np.uint16
+  np.testing.assert_array_equal(read, samples)
+
+
+@pytest.mark.parametrize("mode, found", [("L", "8-bit greyscale"), ("RGB", "8-bit RGB"),
+                                         ("I;16", "16-bit greyscale")])
+def test_synthia_refuses_labels_that_are_not_16bit_multichannel(synthia, tmp_path, mode, found):
+  manual = tmp_path / "manual"
+  shutil.copytree(synthia[0] / "manual", manual)
+  Image.new(mode, (16, 8)).save(manual / "GT" / "LABELS" / "0000001.png")
+  with pytest.raises(data_builders.DataError,
+                     match=rf"(?s)0000001\.png: expected a SYNTHIA label, a 16-bit multi-channel"
+                           rf".*found: {found} PNG"):
+    prepare_data.prepare("synthia", str(tmp_path / "data"), str(manual))
+
+
+def test_synthia_wrong_layout(tmp_path):
+  (tmp_path / "manual" / "RGB").mkdir(parents=True)
+  with pytest.raises(data_builders.DataError,
+                     match=r"(?s)missing .*GT/LABELS.*synthia-dataset\.net"):
+    prepare_data.prepare("synthia", str(tmp_path / "data"), str(tmp_path / "manual"))
+
+
+# ------------------------------------------------------------------------------ Cityscapes
+
+
+@pytest.fixture(scope="module")
+def cityscapes(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cityscapes")
+  written = fake_cityscapes.make_fake_data(root / "manual")
+  data_dir = root / "data"
+  prepare_data.prepare("cityscapes", str(data_dir), str(root / "manual"))
+  return root, data_dir, written
+
+
+def test_cityscapes_splits_ids_and_train_ids(cityscapes):
+  _, data_dir, written = cityscapes
+  builder = prepare_data.get_builder("cityscapes", str(data_dir))
+  for split, folder in (("train", "train"), ("validation", "val")):
+    source = builder.as_data_source(split)
+    examples = _by_id(source)
+    assert sorted(examples) == sorted(written[folder])
+    for example_id, index in written[folder].items():
+      raw = fake_cityscapes.fake_label_ids(index, (8, 16))
+      np.testing.assert_array_equal(examples[example_id]["label"][..., 0],
+                                    _expected(raw, CITYSCAPES_EXPECTED))
+  assert builder.info.splits["train"].num_examples == 4
+  assert builder.info.splits["validation"].num_examples == 2
+  assert "aachen_000000_000001" in written["train"]
+
+
+def test_cityscapes_data_source_by_name(cityscapes):
+  _, data_dir, _ = cityscapes
+  source = tfds.data_source("cityscapes", split="validation", data_dir=str(data_dir),
+                            download=False)
+  example = source[0]
+  assert len(source) == 2 and example["image"].shape == (8, 16, 3)
+
+
+def test_cityscapes_missing_val_folder(cityscapes, tmp_path):
+  manual = tmp_path / "manual"
+  shutil.copytree(cityscapes[0] / "manual", manual)
+  shutil.rmtree(manual / "gtFine" / "val")
+  with pytest.raises(data_builders.DataError, match=r"(?s)missing .*gtFine/val.*leftImg8bit/"):
+    prepare_data.prepare("cityscapes", str(tmp_path / "data"), str(manual))
+

@@ -1,0 +1,443 @@
+"""Input pipeline: preprocessing values, alignment, determinism, state, eval, errors, sharding.
+
+Most tests inject tiny in-memory data sources; the last ones build the real synthetic_streets
+builder (when it exists) into a temporary data_dir.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from seat_jax import config_defaults
+from seat_jax import fda
+from seat_jax import input_pipeline as ip
+
+MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+
+
+class ListSource:
+  """A random-access data source over a list of examples (what tfds.data_source looks like)."""
+
+  def __init__(self, examples):
+    self._examples = list(examples)
+
+  def __len__(self):
+    return len(self._examples)
+
+  def __getitem__(self, index):
+    return self._examples[index]
+
+
+def _constant_examples(n, hw=(20, 40), labels=True):
+  """Example i is a constant colour (i, 2i, 3i) + 10 with label i: identifiable after any crop."""
+  examples = []
+  for i in range(n):
+    image = np.empty(hw + (3,), np.uint8)
+    image[...] = (10 + i, 10 + 2 * i, 10 + 3 * i)
+    example = {"image": image, "id": f"ex_{i:03d}"}
+    if labels:
+      example["label"] = np.full(hw + (1,), i, np.uint8)
+    examples.append(example)
+  return ListSource(examples)
+
+
+def _example_index(bgr_minus_mean):
+  """Which constant example produced this [h, w, 3] model input."""
+  rgb = bgr_minus_mean[..., ::-1] + MEAN_BGR[::-1]
+  return int(round(float(rgb[..., 0].mean()))) - 10
+
+
+def _config(batch_size=2, **data):
+  config = config_defaults.get_config()
+  config.train.batch_size = batch_size
+  config.data.source.update(name="synthetic_streets", builder_config="source",
+                            resize_hw=(24, 48), crop_hw=(16, 32))
+  config.data.target.update(name="synthetic_streets", builder_config="target",
+                            resize_hw=(16, 32), crop_hw=())
+  config.data.val.update(name="synthetic_streets", builder_config="target", split="validation",
+                         resize_hw=(16, 32))
+  config.data.prefetch_buffer_size = 1
+  for key, value in data.items():
+    config.data[key] = value
+  return config
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and values.
+
+
+def test_train_batches_have_the_contract_shapes_and_dtypes():
+  config = _config()
+  source = ip.create_train_iterator(config, "source", seed=0, data_source=_constant_examples(5))
+  batch = next(source)
+  assert set(batch) == {"image", "label"}
+  assert batch["image"].shape == (2, 16, 32, 3) and batch["image"].dtype == np.float32
+  assert batch["label"].shape == (2, 16, 32) and batch["label"].dtype == np.int32
+  target = ip.create_train_iterator(config, "target", seed=0,
+                                    data_source=_constant_examples(5, hw=(32, 64), labels=False))
+  batch = next(target)
+  assert set(batch) == {"image"}  # UDA: no target labels in stage 1
+  assert batch["image"].shape == (2, 16, 32, 3) and batch["image"].dtype == np.float32
+
+
+def test_bgr_order_and_caffe_mean_are_exact_on_a_constant_image():
+  image = np.empty((20, 40, 3), np.uint8)
+  image[...] = (10, 20, 30)  # R, G, B
+  expected = np.array([30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434], np.float32)
+  out = ip.preprocess_image(image, (13, 29))  # bicubic resize of a constant stays constant
+  assert out.shape == (13, 29, 3) and out.dtype == np.float32
+  np.testing.assert_array_equal(out, np.broadcast_to(expected, out.shape))
+  config = _config()
+  source = ListSource([{"image": image, "label": np.zeros((20, 40, 1), np.uint8), "id": "c"}])
+  batch = next(ip.create_train_iterator(config, "source", seed=0, data_source=source))
+  np.testing.assert_array_equal(batch["image"], np.broadcast_to(expected, batch["image"].shape))
+
+
+def test_preprocess_image_is_pil_bicubic():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+  resized = np.asarray(Image.fromarray(image).resize((20, 12), Image.Resampling.BICUBIC))
+  expected = resized[..., ::-1].astype(np.float32) - MEAN_BGR
+  np.testing.assert_allclose(ip.preprocess_image(image, (12, 20)), expected, atol=1e-5)
+
+
+def test_labels_are_resized_with_nearest_and_never_mix_ids():
+  rng = np.random.default_rng(1)
+  label = rng.choice(np.array([0, 18, 255], np.uint8), size=(30, 50))
+  expected = np.asarray(Image.fromarray(label).resize((80, 48), Image.Resampling.NEAREST))
+  np.testing.assert_array_equal(ip.resize_label(label, (48, 80)), expected)
+  data = ListSource([{"image": np.zeros((30, 50, 3), np.uint8), "label": label[..., None],
+                      "id": "n"}])
+  batch = next(ip.create_train_iterator(_config(batch_size=1), "source", seed=0,
+                                        data_source=data))
+  assert set(np.unique(batch["label"])) == {0, 18, 255}
+
+
+def _painted_examples(n, hw=(40, 80)):
+  """Labels in 20x20 blocks whose value grows left to right; image R = 12 * label."""
+  yy, xx = np.mgrid[: hw[0], : hw[1]]
+  examples = []
+  for i in range(n):
+    label = ((yy // 20 + i) % 2) * 8 + xx // 20  # 0..3 or 8..11 in each row band
+    image = np.stack([12 * label, 255 - 12 * label, np.full_like(label, 7 * i)], -1)
+    examples.append({"image": image.astype(np.uint8), "label": label[..., None].astype(np.uint8),
+                     "id": f"p{i}"})
+  return ListSource(examples)
+
+
+def test_image_and_label_stay_aligned_through_resize_crop_and_flip():
+  config = _config(batch_size=4, flip=True)
+  config.data.source.update(resize_hw=(60, 120), crop_hw=(40, 80))
+  iterator = ip.create_train_iterator(config, "source", seed=3, data_source=_painted_examples(6))
+  orientations = set()
+  for batch in _take(iterator, 4):
+    red = batch["image"][..., 2] + MEAN_BGR[2]  # BGR -> the R channel
+    for red_i, label_i in zip(red, batch["label"]):
+      # Bicubic blurs block edges; compare where the label is constant in a 9x9 neighbourhood
+      # that lies inside the crop (just outside it there may be an unseen edge).
+      windows = np.lib.stride_tricks.sliding_window_view(label_i, (9, 9))
+      interior = windows.min(axis=(-2, -1)) == windows.max(axis=(-2, -1))
+      red_i, label_i = red_i[4:-4, 4:-4], label_i[4:-4, 4:-4]
+      assert interior.mean() > 0.3
+      np.testing.assert_allclose(red_i[interior], 12.0 * label_i[interior], atol=1e-3)
+      # Columns of one row band: values grow left to right unless the pair was flipped.
+      row = label_i[interior.any(axis=1)][0] % 8
+      orientations.add("flipped" if row[0] > row[-1] else "kept" if row[0] < row[-1] else "flat")
+  assert {"flipped", "kept"} <= orientations
+
+
+def test_same_seed_same_batches_and_different_seed_different():
+  config = _config(flip=True)
+  data = _painted_examples(6)
+  first = _take(ip.create_train_iterator(config, "source", seed=5, data_source=data), 4)
+  again = _take(ip.create_train_iterator(config, "source", seed=5, data_source=data), 4)
+  other = _take(ip.create_train_iterator(config, "source", seed=6, data_source=data), 4)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  assert any(not np.array_equal(a["image"], c["image"]) for a, c in zip(first, other))
+
+
+def test_domains_get_independent_seeds():
+  assert ip.domain_seeds(0, "source") != ip.domain_seeds(0, "target")
+  assert ip.domain_seeds(0, "source") != ip.domain_seeds(1, "source")
+  assert ip.domain_seeds(7, "target") == ip.domain_seeds(7, "target")
+
+
+def test_stream_repeats_with_a_new_shuffle_each_epoch():
+  config = _config(batch_size=1)
+  iterator = ip.create_train_iterator(config, "source", seed=0, data_source=_constant_examples(8))
+  order = [_example_index(batch["image"][0]) for batch in _take(iterator, 24)]
+  epochs = [order[0:8], order[8:16], order[16:24]]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(8))
+  assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
+def test_restored_iterator_continues_where_it_stopped():
+  config = _config(flip=True)
+  data = _painted_examples(5)  # 5 examples, batch 2: the 3rd batch crosses an epoch boundary
+  iterator = ip.create_train_iterator(config, "source", seed=1, data_source=data)
+  _take(iterator, 3)
+  state = json.loads(json.dumps(iterator.get_state()))  # JSON round trip, as in a checkpoint
+  expected = _take(iterator, 3)
+  restored = ip.create_train_iterator(config, "source", seed=1, data_source=data)
+  restored.set_state(state)
+  for a, b in zip(expected, _take(restored, 3)):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_crop_larger_than_resize_is_a_clear_error():
+  config = _config()
+  config.data.source.crop_hw = (16, 64)
+  with pytest.raises(ValueError, match=r"crop_hw=\(16, 64\) must fit inside resize_hw=\(24, 48\)"):
+    ip.create_train_iterator(config, "source", seed=0, data_source=_constant_examples(2))
+
+
+def test_each_host_reads_its_own_slice():
+  transform = ip.TrainTransform(dataset="t", resize_hw=(20, 40))
+  seen = {}
+  for process_index in (0, 1):
+    ds = ip.make_train_dataset(_constant_examples(6), transform, batch_size=1, seed=0,
+                               domain="source", process_index=process_index, process_count=2)
+    seen[process_index] = {_example_index(ds[i]["image"][0]) for i in range(6)}
+  assert seen == {0: {0, 2, 4}, 1: {1, 3, 5}}
+  with pytest.raises(ValueError, match="not divisible by the 2 processes"):
+    ip.local_batch_size(3, 2)
+
+
+def test_fda_in_the_pipeline_uses_a_target_image_before_mean_subtraction():
+  config = _config(batch_size=1, fda_beta=0.1)
+  config.data.source.update(resize_hw=(16, 32), crop_hw=())
+  source = _painted_examples(1, hw=(16, 32))
+  rng = np.random.default_rng(0)
+  target_image = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
+  targets = ListSource([{"image": target_image, "id": "t0"}])
+  batch = next(ip.create_train_iterator(config, "source", seed=0, data_source=source,
+                                        fda_data_source=targets))
+  styled = fda.fda_source_to_target(source[0]["image"], ip.resize_image(target_image, (16, 32)),
+                                    0.1)
+  np.testing.assert_allclose(batch["image"][0], ip.to_model_input(styled), atol=1e-4)
+  plain = ip.to_model_input(source[0]["image"])
+  assert np.abs(batch["image"][0] - plain).max() > 1.0
+  np.testing.assert_array_equal(batch["label"][0], source[0]["label"][..., 0])
+
+
+def test_worker_processes_give_the_same_batches():
+  data = _painted_examples(4)
+  config = _config(flip=True)
+  expected = _take(ip.create_train_iterator(config, "source", seed=2, data_source=data), 3)
+  config.data.worker_count = 1
+  iterator = ip.create_train_iterator(config, "source", seed=2, data_source=data)
+  try:
+    got = _take(iterator, 3)
+    for a, b in zip(expected, got):
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+    json.dumps(iterator.get_state())
+  finally:
+    iterator.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation stream and label spaces.
+
+
+def test_eval_stream_has_full_resolution_labels_and_model_size_images():
+  config = _config()
+  data = _painted_examples(3, hw=(40, 80))
+  stream = ip.create_eval_iterator(config, data_source=data)
+  examples = list(stream)
+  assert [e["id"] for e in examples] == ["p0", "p1", "p2"]  # fixed order
+  for example, raw in zip(examples, data._examples):
+    assert example["image"].shape == (1, 16, 32, 3) and example["image"].dtype == np.float32
+    assert example["label"].dtype == np.uint8
+    np.testing.assert_array_equal(example["label"], raw["label"][None, ..., 0])
+    np.testing.assert_array_equal(example["raw_image"], raw["image"][None])
+    np.testing.assert_allclose(example["image"][0], ip.preprocess_image(raw["image"], (16, 32)))
+  assert [e["id"] for e in stream] == ["p0", "p1", "p2"]  # re-iterable, same order
+  assert len(list(ip.create_eval_iterator(config, data_source=data, max_examples=2))) == 2
+  assert ip.num_eval_examples(config, data_source=data, max_examples=2) == 2
+  config.data.val.max_examples = 1
+  assert ip.num_eval_examples(config, data_source=data) == 1
+
+
+def test_synthia16_label_space_maps_cityscapes_target_labels():
+  pytest.importorskip("seat_jax.labels")
+  config = _config(label_space="synthia16")
+  config.data.val.name = "cityscapes"
+  label = np.concatenate([np.arange(19, dtype=np.uint8), [255]]).reshape(4, 5, 1)
+  data = ListSource([{"image": np.zeros((4, 5, 3), np.uint8), "label": label, "id": "x"}])
+  got = next(iter(ip.create_eval_iterator(config, data_source=data)))["label"].ravel()
+  # 19 -> 16: terrain (9), truck (14), train (16) are not SYNTHIA classes; the rest close up.
+  expected = [0, 1, 2, 3, 4, 5, 6, 7, 8, 255, 9, 10, 11, 12, 255, 13, 255, 14, 15, 255]
+  np.testing.assert_array_equal(got, expected)
+  # SYNTHIA itself already stores 16 ids: read as stored.
+  config.data.val.name = "synthia"
+  got = next(iter(ip.create_eval_iterator(config, data_source=data)))["label"].ravel()
+  np.testing.assert_array_equal(got, label.ravel())
+
+
+def test_unknown_label_space_is_a_clear_error():
+  with pytest.raises(ValueError, match="label_space='voc'.*'cityscapes'"):
+    ip.label_lut("voc", "cityscapes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pseudo-labels and read-time errors.
+
+
+def test_pseudo_labels_are_read_by_example_id(tmp_path):
+  data = _constant_examples(3, hw=(32, 64), labels=False)
+  for i in range(3):
+    pseudo = np.full((16, 32), 255, np.uint8)
+    pseudo[:, : 10 + i] = i + 1  # a distinct pattern per id
+    Image.fromarray(pseudo).save(tmp_path / f"ex_{i:03d}.png")
+  config = _config(batch_size=1)
+  config.data.target.pseudo_label_dir = str(tmp_path)
+  iterator = ip.create_train_iterator(config, "target", seed=0, data_source=data)
+  for batch in _take(iterator, 3):
+    i = _example_index(batch["image"][0])
+    expected = np.full((16, 32), 255, np.int32)
+    expected[:, : 10 + i] = i + 1
+    assert batch["label"].dtype == np.int32
+    np.testing.assert_array_equal(batch["label"][0], expected)
+
+
+def test_missing_pseudo_label_names_the_file_and_directory(tmp_path):
+  data = _constant_examples(1, hw=(32, 64), labels=False)
+  config = _config(batch_size=1)
+  config.data.target.pseudo_label_dir = str(tmp_path)
+  iterator = ip.create_train_iterator(config, "target", seed=0, data_source=data)
+  with pytest.raises(FileNotFoundError) as error:
+    next(iterator)
+  message = str(error.value)
+  assert os.path.join(str(tmp_path), "ex_000.png") in message
+  assert "pseudo_label_dir" in message and str(tmp_path) in message
+  config.data.target.pseudo_label_dir = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="nope.*not a directory"):
+    ip.create_train_iterator(config, "target", seed=0, data_source=data)
+
+
+def test_image_label_size_mismatch_names_the_example():
+  data = ListSource([{"image": np.zeros((20, 40, 3), np.uint8),
+                      "label": np.zeros((20, 41, 1), np.uint8), "id": b"bad_example_7"}])
+  config = _config(batch_size=1)
+  with pytest.raises(ValueError, match=r"'bad_example_7'.*20x40.*20x41"):
+    next(ip.create_train_iterator(config, "source", seed=0, data_source=data))
+  with pytest.raises(ValueError, match="'bad_example_7'"):
+    list(ip.create_eval_iterator(config, data_source=data))
+
+
+def test_unprepared_dataset_error_names_dataset_dir_and_command(tmp_path, monkeypatch):
+  class Unprepared:
+    def is_prepared(self):
+      return False
+
+  fake = types.ModuleType("seat_jax.prepare_data")
+  fake.get_builder = lambda name, data_dir, builder_config=None: Unprepared()
+  monkeypatch.setitem(sys.modules, "seat_jax.prepare_data", fake)
+  import seat_jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(seat_jax, "prepare_data", fake, raising=False)
+  config = _config()
+  config.data.data_dir = str(tmp_path)
+  config.data.source.update(name="gta5", builder_config="original")
+  with pytest.raises(ip.DatasetNotPreparedError) as error:
+    ip.create_train_iterator(config, "source", seed=0)
+  message = str(error.value)
+  assert "'gta5'" in message and str(tmp_path) in message
+  assert (f"python -m seat_jax.prepare_data gta5 --builder_config=original "
+          f"--manual_dir=<folder with the raw gta5 files> --data_dir={tmp_path}") in message
+  assert ip.prepare_command("synthetic_streets", "target", "/d") == (
+      "python -m seat_jax.prepare_data synthetic_streets --builder_config=target --data_dir=/d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Global arrays.
+
+
+def test_to_global_batch_shards_over_the_data_axis():
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = ip.data_sharding(mesh)
+  batch = {"image": np.ones((2, 4, 6, 3), np.float32), "label": np.zeros((2, 4, 6), np.int32),
+           "id": np.array(["a", "b"])}
+  out = ip.to_global_batch(batch, sharding)
+  assert set(out) == {"image", "label"}  # strings stay on the host
+  for key in out:
+    assert isinstance(out[key], jax.Array)
+    assert out[key].shape == batch[key].shape
+    assert out[key].dtype == batch[key].dtype
+    assert out[key].sharding == sharding
+    assert out[key].sharding.spec == jax.sharding.PartitionSpec("data")
+    np.testing.assert_array_equal(np.asarray(out[key]), batch[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration with the real synthetic_streets builder (skipped until it exists).
+
+
+def _have(module):
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:
+    return False
+
+
+needs_real_builder = pytest.mark.skipif(
+    not (_have("seat_jax.prepare_data") and _have("data_builders.synthetic_streets")),
+    reason="seat_jax.prepare_data or data_builders/synthetic_streets is not there yet")
+
+
+@pytest.fixture(scope="module")
+def synthetic_data_dir(tmp_path_factory):
+  from seat_jax import prepare_data  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  # One config is enough to exercise the plumbing; each one takes seconds to generate.
+  prepare_data.prepare("synthetic_streets", data_dir, builder_config="source")
+  return data_dir
+
+
+@needs_real_builder
+def test_synthetic_streets_through_the_real_builder(synthetic_data_dir):
+  config = _config()
+  config.data.data_dir = synthetic_data_dir
+  for split_config in (config.data.target, config.data.val):
+    split_config.builder_config = "source"
+  source = next(ip.create_train_iterator(config, "source", seed=0))
+  target = next(ip.create_train_iterator(config, "target", seed=0))
+  assert source["image"].shape == (2, 16, 32, 3) and source["label"].shape == (2, 16, 32)
+  assert set(np.unique(source["label"])) <= set(range(19)) | {255}
+  assert set(target) == {"image"} and target["image"].shape == (2, 16, 32, 3)
+  examples = list(ip.create_eval_iterator(config, max_examples=2))
+  assert len(examples) == 2 and isinstance(examples[0]["id"], str)
+  height, width = examples[0]["raw_image"].shape[1:3]
+  assert examples[0]["label"].shape == (1, height, width)
+  assert examples[0]["image"].shape == (1, 16, 32, 3)
+  assert ip.num_eval_examples(config) >= 2
+
+
+@pytest.mark.skipif(not (_have("seat_jax.prepare_data") and _have("data_builders.gta5")),
+                    reason="seat_jax.prepare_data or data_builders/gta5 is not there yet")
+def test_unprepared_gta5_through_the_real_get_builder(tmp_path):
+  config = _config()
+  config.data.data_dir = str(tmp_path)  # empty: nothing prepared here
+  config.data.source.update(name="gta5", builder_config="original")
+  with pytest.raises(ip.DatasetNotPreparedError) as error:
+    ip.create_train_iterator(config, "source", seed=0)
+  message = str(error.value)
+  assert "'gta5'" in message and str(tmp_path) in message
+  assert (f"python -m seat_jax.prepare_data gta5 --builder_config=original "
+          f"--manual_dir=<folder with the raw gta5 files> --data_dir={tmp_path}") in message
