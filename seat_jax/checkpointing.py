@@ -95,9 +95,10 @@ def restore_train(directory, abstract_items: dict[str, Any], step: int | None = 
 
 
 def _manager_for_reading(directory) -> ocp.CheckpointManager:
-  # Naming the `model` handler lets orbax report the stored tree before restoring it.
-  return ocp.CheckpointManager(
-      directory, item_handlers={"model": ocp.StandardCheckpointHandler()})
+  # Naming the handlers lets orbax report the stored `model` tree before restoring it.
+  handlers = {name: ocp.StandardCheckpointHandler() for name in TRAIN_ITEMS}
+  handlers.update(data_iter=ocp.JsonCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
+  return ocp.CheckpointManager(directory, item_handlers=handlers)
 
 
 def _shapes(tree) -> dict[str, tuple]:

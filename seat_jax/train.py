@@ -216,19 +216,19 @@ class Trainer:
     return NamedSharding(self.mesh, P("data"))
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """One `data` axis over every device of every host (state replicated, batch sharded)."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """One `data` axis over `devices` (default: every device of every host)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
+def build_trainer(config: ml_collections.ConfigDict, devices=None) -> Trainer:
   model = models.build_segmenter(config.model)
   disc = models.FCDiscriminator(width=config.adv.disc_width)
   abstract_params = jax.eval_shape(lambda: init_model_variables(model, config, jax.random.key(0)))
   tx = optim.make_segmenter_tx(config, abstract_params["params"])
   return Trainer(config=config, model=model, disc=disc, tx=tx, disc_tx=optim.make_disc_tx(config),
-                 mesh=make_mesh(), opts=StepOptions.from_config(config))
+                 mesh=make_mesh(devices), opts=StepOptions.from_config(config))
 
 
 def init_model_variables(model, config, rng) -> dict[str, PyTree]:

@@ -20,3 +20,15 @@ jax.config.update("jax_compilation_cache_dir",
                   os.path.join(tempfile.gettempdir(), "seat_jax_test_xla_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A TFDS data_dir holding both `synthetic_streets` domains, built once per test worker."""
+  from seat_jax import prepare_data  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("tfds")
+  for domain in ("source", "target"):
+    prepare_data.prepare("synthetic_streets", str(data_dir), builder_config=domain)
+  return str(data_dir)

@@ -1,0 +1,144 @@
+"""`train_and_evaluate` end to end on synthetic_streets: outputs, exact resume, NaN stop, CLI."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from seat_jax import checkpointing
+from seat_jax import presets
+from seat_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(data_dir, num_steps=4):
+  config = presets.demo("seat")
+  config.data.data_dir = data_dir
+  for split in (config.data.source, config.data.target, config.data.val):
+    split.resize_hw = (32, 64)
+  config.data.source.crop_hw = (32, 64)
+  config.train.batch_size = 2
+  config.train.num_steps = num_steps
+  config.train.lr_horizon_steps = 100
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.train.eval_every = 0
+  return config
+
+
+def _final_params(workdir):
+  trainer = train.build_trainer(_config(""))
+  abstract = train.abstract_state(trainer).model_variables()
+  return checkpointing.restore_model(pathlib.Path(workdir) / "checkpoints", abstract)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  config = _config(synthetic_data_dir)
+  config.train.eval_every = 4
+  config.train.eval_max_examples = 2
+  metrics = train.train_and_evaluate(config, str(workdir))
+  return workdir, metrics
+
+
+def test_run_writes_checkpoints_events_config_and_eval(uninterrupted):
+  workdir, metrics = uninterrupted
+  assert checkpointing.list_steps(workdir / "checkpoints") == [2, 4]
+  assert list(workdir.glob("events.out.tfevents.*"))
+  resolved = json.loads((workdir / "config.json").read_text())
+  assert resolved["model"]["norm_mode"] == "seat" and resolved["train"]["num_steps"] == 4
+  assert (workdir / "eval" / "eval_step_4" / "iou.md").exists()
+  assert np.isfinite(metrics["loss"]) and "d_main_source" in metrics
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run(uninterrupted, synthetic_data_dir,
+                                                            tmp_path):
+  workdir, metrics = uninterrupted
+  train.train_and_evaluate(_config(synthetic_data_dir, num_steps=2), str(tmp_path))  # "killed"
+  resumed = train.train_and_evaluate(_config(synthetic_data_dir, num_steps=4), str(tmp_path))
+  assert resumed == metrics  # the same losses, bit for bit
+  jax.tree.map(np.testing.assert_array_equal, _final_params(tmp_path), _final_params(workdir))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data_dir, tmp_path):
+  train.train_and_evaluate(_config(synthetic_data_dir, num_steps=2), str(tmp_path))
+  exploding = _config(synthetic_data_dir, num_steps=6)
+  exploding.optim.lr = 1e30
+  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint .step 2."):
+    train.train_and_evaluate(exploding, str(tmp_path))
+  assert checkpointing.list_steps(tmp_path / "checkpoints") == [2]
+  params = _final_params(tmp_path)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_init_from_a_checkpoint_of_another_model_names_the_difference(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  config = _config("")
+  config.model.norm_mode = "shared"
+  config.init_from = str(workdir)
+  trainer = train.build_trainer(config)
+  with pytest.raises(ValueError, match=r"bn1/scale.*|holds a different model"):
+    train.initialise(trainer, tmp_path, iterators={})
+
+
+def _run_cli(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "seat_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+  result = _run_cli("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.model.bogus=1")
+  assert result.returncode != 0
+  assert "bogus" in result.stderr
+
+
+def test_cli_rejects_a_bad_choice_with_the_accepted_values(tmp_path):
+  result = _run_cli("--config=configs/demo.py", f"--workdir={tmp_path}",
+                    "--config.model.norm_mode=batch")
+  assert result.returncode != 0
+  assert "config.model.norm_mode='batch' is not one of ('shared', 'sat', 'seat')" in result.stderr
+
+
+_SHARDED_SCRIPT = r"""
+import jax, numpy as np
+from seat_jax import presets, train
+config = presets.demo("seat")
+config.model.num_classes = 5
+config.train.batch_size = 4
+rng = np.random.default_rng(0)
+batch = {"source_image": rng.normal(size=(4, 32, 48, 3)).astype(np.float32) * 50,
+         "source_label": rng.integers(0, 5, size=(4, 32, 48)).astype(np.int32),
+         "target_image": rng.normal(size=(4, 32, 48, 3)).astype(np.float32) * 30}
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+  trainer = train.build_trainer(config, devices=devices)
+  state = train.create_state(trainer, 0)
+  step = train.jit_train_step(trainer)
+  weights = jax.device_put(train.loss_weights(config), trainer.replicated)
+  global_batch = {k: jax.device_put(v, trainer.data_sharding) for k, v in batch.items()}
+  state, metrics = step(state, global_batch, weights)
+  state, metrics = step(state, global_batch, weights)
+  assert len(state.params["conv1"]["kernel"].sharding.device_set) == len(devices)
+  results.append(jax.device_get((state.params, state.batch_stats, state.disc_params, metrics)))
+single, sharded = results
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), single, sharded)
+print("devices", jax.device_count(), "loss", sharded[3]["loss"], single[3]["loss"])
+"""
+
+
+def test_step_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
+  script = tmp_path / "sharded.py"
+  script.write_text(_SHARDED_SCRIPT)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "TF_CPP_MIN_LOG_LEVEL": "3"}
+  result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "devices 4" in result.stdout
