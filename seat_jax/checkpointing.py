@@ -9,6 +9,7 @@ converted weights and training checkpoints through the same code.
 from typing import Any
 
 import flax
+import jax
 
 import orbax.checkpoint as ocp
 from etils import epath
@@ -72,10 +73,17 @@ TRAIN_ITEMS = ("model", "disc", "opt_state", "disc_opt_state")
 
 
 def train_save_args(items: dict[str, Any], data_iter: dict, meta: dict) -> ocp.args.Composite:
-  """Separate items, so that evaluation can restore `model` alone."""
+  """Separate items, so that evaluation can restore `model` alone.
+
+  Empty items (no discriminator in a source-only run) are left out: orbax refuses them.
+  """
   return ocp.args.Composite(
-      **{name: ocp.args.StandardSave(items[name]) for name in TRAIN_ITEMS},
+      **{name: ocp.args.StandardSave(items[name]) for name in _non_empty(items)},
       data_iter=ocp.args.JsonSave(data_iter), meta=ocp.args.JsonSave(meta))
+
+
+def _non_empty(items: dict[str, Any]) -> list[str]:
+  return [name for name in TRAIN_ITEMS if jax.tree.leaves(items[name])]
 
 
 def restore_train(directory, abstract_items: dict[str, Any], step: int | None = None):
@@ -88,9 +96,11 @@ def restore_train(directory, abstract_items: dict[str, Any], step: int | None = 
   with _manager_for_reading(directory) as mngr:
     _check_compatible(mngr, step, abstract_items["model"], directory)
     restored = mngr.restore(step, args=ocp.args.Composite(
-        **{name: ocp.args.StandardRestore(abstract_items[name]) for name in TRAIN_ITEMS},
+        **{name: ocp.args.StandardRestore(abstract_items[name])
+           for name in _non_empty(abstract_items)},
         data_iter=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-  items = {name: restored[name] for name in TRAIN_ITEMS}
+  items = {name: restored[name] if name in _non_empty(abstract_items) else abstract_items[name]
+           for name in TRAIN_ITEMS}
   return items, restored["data_iter"], restored["meta"]
 
 

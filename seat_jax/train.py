@@ -67,10 +67,15 @@ class StepOptions:
   """The static part of the config that shapes the step's graph."""
   adv_mode: str
   adv_input: str
+  # False for a source-only run (no adversary, MinEnt or pseudo-labels): the target images are
+  # then never seen, as in the references' source-only baselines (no mixing into shared BN).
+  target_pass: bool = True
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
-    return cls(adv_mode=config.adv.mode, adv_input=config.adv.input)
+    target_pass = bool(config.adv.mode != "none" or config.loss.entropy_weight
+                       or config.data.target.pseudo_label_dir)
+    return cls(adv_mode=config.adv.mode, adv_input=config.adv.input, target_pass=target_pass)
 
 
 LOSS_WEIGHT_KEYS = ("multi_level_lambda", "adv_weight", "adv_weight_aux", "aux_weight",
@@ -121,7 +126,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     return disc.apply({"params": disc_params[name]}, maps)
 
   def segmenter_loss(params, state: TrainState, batch, w):
-    src_img, tgt_img = batch["source_image"], batch["target_image"]
+    src_img = batch["source_image"]
     (aux_s, main_s), updated = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, src_img,
         domain="source", train=True, mutable=["batch_stats"])
@@ -130,7 +135,10 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     seg_aux = losses.cross_entropy(aux_s, batch["source_label"])
     total = seg_main + w["aux_weight"] * seg_aux
     metrics = {"seg_main": seg_main, "seg_aux": seg_aux}
+    if not opts.target_pass:
+      return total, (updated["batch_stats"], {"source": (main_s, aux_s)}, metrics)
 
+    tgt_img = batch["target_image"]
     # The target pass starts from the statistics the source pass left: in `shared` mode they
     # are one set (AdaptSegNet's mixing); in `sat`/`seat` the source pass never touched them.
     (aux_t, main_t), updated = model.apply(
@@ -355,18 +363,21 @@ def log_parameter_overview(state: TrainState, workdir: epath.Path) -> None:
 class TrainingData:
   """The source and target streams, yielding global batches for the step."""
 
-  def __init__(self, config, sharding):
+  def __init__(self, config, sharding, with_target: bool = True):
+    domains = ("source", "target") if with_target else ("source",)
     self.iterators = {
         domain: input_pipeline.create_train_iterator(config, domain, seed=config.seed)
-        for domain in ("source", "target")}
+        for domain in domains}
     self.sharding = sharding
 
   def __next__(self) -> dict[str, jax.Array]:
-    source, target = next(self.iterators["source"]), next(self.iterators["target"])
-    batch = {"source_image": source["image"], "source_label": source["label"],
-             "target_image": target["image"]}
-    if "label" in target:
-      batch["target_label"] = target["label"]
+    source = next(self.iterators["source"])
+    batch = {"source_image": source["image"], "source_label": source["label"]}
+    if "target" in self.iterators:
+      target = next(self.iterators["target"])
+      batch["target_image"] = target["image"]
+      if "label" in target:
+        batch["target_label"] = target["label"]
     return input_pipeline.to_global_batch(batch, self.sharding)
 
 
@@ -381,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
   trainer = build_trainer(config)
-  data = TrainingData(config, trainer.data_sharding)
+  data = TrainingData(config, trainer.data_sharding, with_target=trainer.opts.target_pass)
   state, elapsed, how = initialise(trainer, workdir, data.iterators)
   print(f"seat_jax: {how}; {jax.device_count()} device(s) ({jax.devices()[0].platform}), "
         f"{jax.process_count()} process(es).", flush=True)
@@ -465,9 +476,6 @@ def _periodic_eval(trainer, state, config, workdir, step, writer) -> None:
       config, max_examples=config.train.eval_max_examples)
   results = evaluate.evaluate(trainer.model, jax.device_get(state.model_variables()), examples,
                               config, workdir / "eval", step=step, writer=writer, progress=False)
-  print(f"step {step}: target validation {_summary(results)}", flush=True)
-
-
-def _summary(results: dict[str, Any]) -> str:
-  return " ".join(f"{k}={v:.2f}" for k, v in results.items()
-                  if k.startswith("miou") and isinstance(v, (int, float)))
+  writer.write_scalars(step, {f"val/{results['headline']}": 100 * results["miou"]})
+  print(f"step {step}: target validation {results['headline']} = {100 * results['miou']:.2f}",
+        flush=True)
