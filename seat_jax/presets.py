@@ -87,13 +87,13 @@ def demo(norm_mode: str = "seat") -> ml_collections.ConfigDict:
   config.data.val.resize_hw = (64, 128)
   config.model.norm_mode = norm_mode
   config.train.batch_size = 4
-  config.train.num_steps = 600
-  config.train.lr_horizon_steps = 600
+  config.train.num_steps = 300
+  config.train.lr_horizon_steps = 300
   config.optim.lr = 1e-2
   config.optim.disc_lr = 1e-4
   config.train.log_every = 50
-  config.train.checkpoint_every = 200
-  config.train.eval_every = 200
+  config.train.checkpoint_every = 100
+  config.train.eval_every = 100
   config.eval.source_stages = ()
   if norm_mode == "shared":
     config.adv.mode = "none"
