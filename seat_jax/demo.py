@@ -26,10 +26,13 @@ RUNS = (("source only", "source_only", "shared"), ("SAT", "sat", "sat"),
         ("SEAT", "seat", "seat"))
 
 
-def run_config(norm_mode: str, data_dir: str, steps: int | None, size: str):
+def run_config(norm_mode: str, data_dir: str, steps: int | None, size: str,
+               batch_size: int | None = None):
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
   config = presets.demo(norm_mode)
   config.data.data_dir = data_dir
+  if batch_size:
+    config.train.batch_size = batch_size
   if steps:
     config.train.num_steps = steps
     config.train.lr_horizon_steps = steps
@@ -85,13 +88,14 @@ class StageClock:
     self.done += 1
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
+def run_demo(workdir, steps: int | None = None, size: str = "",
+             batch_size: int | None = None) -> dict[str, dict]:
+  """Runs the whole demo in `workdir`; returns the final evaluation of every run by title."""
   from seat_jax import prepare_data, pseudo_labels, presets, train  # pylint: disable=g-import-not-at-top,multiple-imports
 
-  workdir = epath.Path(_WORKDIR.value).absolute()
+  workdir = epath.Path(workdir).absolute()
   data_dir = str(workdir / "tfds")
+  make_config = lambda norm_mode: run_config(norm_mode, data_dir, steps, size, batch_size)
   clock = StageClock([0.2, 1, 1, 1, 0.3, 1, 0.3])
   clock.begin("Generating synthetic_streets (source and target domains)")
   for domain in ("source", "target"):
@@ -100,7 +104,7 @@ def main(argv):
   results, configs = {}, {}
   for title, name, norm_mode in RUNS:
     clock.begin(f"Training {title} ({norm_mode} norm)")
-    configs[name] = run_config(norm_mode, data_dir, _STEPS.value, _SIZE.value)
+    configs[name] = make_config(norm_mode)
     train.train_and_evaluate(configs[name], str(workdir / name))
     results[title] = evaluate_final(configs[name], workdir / name)
 
@@ -112,7 +116,7 @@ def main(argv):
   pseudo_labels.generate(configs["seat"], str(workdir / "seat"))
 
   clock.begin("Stage 2: SEAT re-initialised, trained on source labels + target pseudo-labels")
-  stage2 = presets.stage2(run_config("seat", data_dir, _STEPS.value, _SIZE.value))
+  stage2 = presets.stage2(make_config("seat"))
   stage2.data.target.pseudo_label_dir = str(workdir / "seat" / "pseudo_labels")
   train.train_and_evaluate(stage2, str(workdir / "seat_stage2"))
   clock.begin("Evaluating stage 2")
@@ -126,7 +130,13 @@ def main(argv):
   print(table)
   print(f"Table: {workdir / 'results.md'}; panels (input | ground truth | prediction): "
         f"{workdir}/<run>/eval/eval_step_*/panels/")
+  return results
 
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  run_demo(_WORKDIR.value, _STEPS.value, _SIZE.value)
 
 if __name__ == "__main__":
   app.run(main)

@@ -136,6 +136,9 @@ print("devices", jax.device_count(), "loss", sharded[3]["loss"], single[3]["loss
 def test_step_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
   script = tmp_path / "sharded.py"
   script.write_text(_SHARDED_SCRIPT)
+  # Full XLA optimisation here, unlike the rest of the suite: with
+  # JAX_DISABLE_MOST_OPTIMIZATIONS the 4-device step drifts from the 1-device one by ~1e-4
+  # relative (measured), while optimised builds agree to ~1e-7.
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "TF_CPP_MIN_LOG_LEVEL": "3"}
   result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
