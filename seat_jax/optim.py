@@ -79,6 +79,11 @@ def disc_lr_schedule(config) -> optax.Schedule:
   return poly_schedule(config.optim.disc_lr, config.train.lr_horizon_steps, config.optim.poly_power)
 
 
+def lr_schedules(config) -> dict[str, optax.Schedule]:
+  """Every learning-rate schedule by group name, for logging: backbone, head, disc."""
+  return {**segmenter_lr_schedules(config), "disc": disc_lr_schedule(config)}
+
+
 def make_disc_tx(config) -> optax.GradientTransformation:
   """Adam(betas 0.9/0.99) with poly lr, no weight decay (AdaptSegNet's discriminator optimiser)."""
   return optax.adam(disc_lr_schedule(config), b1=config.optim.disc_b1, b2=config.optim.disc_b2)

@@ -183,7 +183,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=lr_schedules["backbone"](state.step))
+                   lr=lr_schedules["backbone"](state.step), lr_head=lr_schedules["head"](state.step))
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if disc_names:
@@ -191,7 +191,8 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
           state.disc_params, outputs, weights)
       d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, disc_params)
       disc_params = optax.apply_updates(disc_params, d_updates)
-      metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads))
+      metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads),
+                     disc_lr=lr_schedules["disc"](state.step))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, disc_params=disc_params,
                               disc_opt_state=disc_opt_state)
@@ -274,7 +275,7 @@ def abstract_state(trainer: Trainer) -> TrainState:
 
 def jit_train_step(trainer: Trainer):
   step = make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx, trainer.opts,
-                         optim.segmenter_lr_schedules(trainer.config))
+                         optim.lr_schedules(trainer.config))
   return jax.jit(step, in_shardings=(trainer.replicated, trainer.data_sharding, trainer.replicated),
                  out_shardings=(trainer.replicated, trainer.replicated), donate_argnums=(0,))
 

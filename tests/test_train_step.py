@@ -42,7 +42,7 @@ def _compiled(mode, adv_input="softmax"):
   config = _config(mode, adv_input)
   trainer = train.build_trainer(config)
   step = train.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
-                               trainer.opts, optim.segmenter_lr_schedules(config))
+                               trainer.opts, optim.lr_schedules(config))
   return train.create_state(trainer, 0), jax.jit(step), train.loss_weights(config)
 
 
@@ -61,6 +61,9 @@ def test_step_moves_segmenter_and_discriminator():
   before, after, metrics = _run()
   assert int(after.step) == 1
   assert all(np.isfinite(float(v)) for v in metrics.values())
+  np.testing.assert_allclose(metrics["lr"], 1e-2)  # the demo preset's lr, at step 0
+  np.testing.assert_allclose(metrics["lr_head"], 1e-1)  # heads: 10x
+  np.testing.assert_allclose(metrics["disc_lr"], 1e-4)
   assert any(jax.tree.leaves(_changed(before.params, after.params)))
   assert all(jax.tree.leaves(_changed(before.disc_params, after.disc_params)))
   bn = _changed(before.params["bn1"], after.params["bn1"])
