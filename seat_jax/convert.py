@@ -72,8 +72,11 @@ class Conversion:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Loads a .pth file safely and returns its tensors as float arrays, keys without prefixes."""
-  import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
-
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+  except ImportError as e:
+    raise ImportError("Reading PyTorch checkpoints needs PyTorch: pip install -e '.[torch]' "
+                      "(CPU wheel torch==2.13.0 is enough).") from e
   if not os.path.isfile(path):
     raise FileNotFoundError(f"PyTorch checkpoint {path!r} does not exist.")
   try:
@@ -189,13 +192,39 @@ def _torch_shape(flax_shape: Sequence[int]) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------- conversion
 
 
-def init_variables(model_config: Any, seed: int = 0) -> dict:
-  """The model's own init (fixed seed): the tree to fill and the values of random heads."""
+# XLA's full optimisation of `init` takes minutes for ResNet-101 on CPU and buys nothing for a
+# program that runs once; these are the options `jax_disable_most_optimizations` sets.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_INIT_IMAGES_SHAPE = (1, 33, 33, 3)  # any size with a >= 1 pixel stride-8 map
+
+
+def _segmenter(model_config: Any):
   from seat_jax import models  # pylint: disable=g-import-not-at-top  (keeps --help fast)
 
-  module = models.build_segmenter(model_config)
-  images = jnp.zeros((1, 33, 33, 3), jnp.float32)  # any size with a >= 1 pixel stride-8 map
-  return jax.jit(module.init)(jax.random.PRNGKey(seed), images)
+  return models.build_segmenter(model_config)
+
+
+def abstract_variables(model_config: Any) -> dict:
+  """Shapes and dtypes of the model's variables (no computation)."""
+  module = _segmenter(model_config)
+  return jax.eval_shape(module.init, jax.random.PRNGKey(0),
+                        jax.ShapeDtypeStruct(_INIT_IMAGES_SHAPE, jnp.float32))
+
+
+def init_head_params(model_config: Any, seed: int = 0) -> dict:
+  """`init(PRNGKey(seed))['params']` restricted to the heads, without computing the rest.
+
+  Only the heads are returned, so jit prunes the backbone's initialisers and forward pass.
+  """
+  module = _segmenter(model_config)
+  images = jnp.zeros(_INIT_IMAGES_SHAPE, jnp.float32)
+
+  def heads(rng):
+    params = module.init(rng, images)["params"]
+    return {name: params[name] for name in HEAD_MODULES}
+
+  rng = jax.random.PRNGKey(seed)
+  return jax.jit(heads).lower(rng).compile(compiler_options=_FAST_COMPILE)(rng)
 
 
 def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any, fmt: str = "auto",
@@ -205,33 +234,35 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any, fmt: 
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
   if fmt == "auto":
     fmt = detect_format(state.keys(), source)
-  init = init_variables(model_config, seed)
   load_heads, heads_note = _head_decision(state, model_config, fmt)
+  abstract = abstract_variables(model_config)
+  random_heads = {} if load_heads else traverse_util.flatten_dict(
+      {"params": init_head_params(model_config, seed)})
 
   ignored = sorted(k for k in state if k.endswith(IGNORED_SUFFIXES))
   skipped = sorted(k for k in state if (fmt == "torchvision" and k.startswith("fc.")) or
                    (not load_heads and _is_head(k)))
   used, missing, bad_shapes = set(), [], []
   out = {}
-  for collection, tree in init.items():
+  for collection, tree in abstract.items():
     flat = traverse_util.flatten_dict(tree)
     new_flat = {}
-    for path, init_value in flat.items():
+    for path, expected in flat.items():
       name = torch_key(path)
       if _is_head(name) and not load_heads:
-        new_flat[path] = init_value
+        new_flat[path] = random_heads[(collection, *path)]
         continue
       if name not in state:
         missing.append(name)
         continue
       found = np.asarray(state[name])
-      if found.shape != _torch_shape(init_value.shape):
-        bad_shapes.append(f"{name}: expected shape {_torch_shape(init_value.shape)} "
-                          f"(Flax {collection}/{'/'.join(path)} {tuple(init_value.shape)}), "
+      if found.shape != _torch_shape(expected.shape):
+        bad_shapes.append(f"{name}: expected shape {_torch_shape(expected.shape)} "
+                          f"(Flax {collection}/{'/'.join(path)} {tuple(expected.shape)}), "
                           f"found {found.shape}")
         continue
       used.add(name)
-      new_flat[path] = jnp.asarray(_to_flax_layout(found), dtype=init_value.dtype)
+      new_flat[path] = jnp.asarray(_to_flax_layout(found), dtype=expected.dtype)
     out[collection] = traverse_util.unflatten_dict(new_flat)
   unexpected = sorted(set(state) - used - set(skipped) - set(ignored))
   _raise_on_mismatch(source, fmt, sorted(set(missing)), unexpected, bad_shapes)
@@ -342,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   cfg = model_config_from_args(args)
   try:
     result = convert_checkpoint(args.torch, cfg, args.format, args.seed)
-  except CheckpointError as e:
+  except (CheckpointError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   checkpointing.save_variables(args.out, result.variables,
