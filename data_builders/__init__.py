@@ -269,6 +269,17 @@ def segmentation_features() -> Any:
   })
 
 
+def segmentation_info(builder: Any, description: str, homepage: str = "", citation: str = "",
+                      metadata: dict[str, Any] | None = None) -> Any:
+  """The DatasetInfo every seat_jax builder returns: the shared features, (image, label) pairs."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  return tfds.core.DatasetInfo(
+      builder=builder, description=description, features=segmentation_features(),
+      supervised_keys=("image", "label"), homepage=homepage or None, citation=citation or None,
+      metadata=tfds.core.MetadataDict(**(metadata or {})))
+
+
 def generate_paired_examples(
     triples: Sequence[tuple[str, epath.Path, epath.Path]],
     read_train_ids: Callable[[epath.Path], np.ndarray],

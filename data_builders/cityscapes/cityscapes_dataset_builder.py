@@ -49,16 +49,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=data_builders.segmentation_features(),
-        supervised_keys=("image", "label"),
+    return data_builders.segmentation_info(
+        self, __doc__,
         homepage="https://www.cityscapes-dataset.com",
         citation="Cordts et al. The Cityscapes Dataset for Semantic Urban Scene Understanding. "
-                 "CVPR 2016.",
-        metadata=tfds.core.MetadataDict(),
-    )
+                 "CVPR 2016.")
 
   def _split_generators(self, dl_manager):
     root = data_builders.manual_dir(dl_manager, "cityscapes", _LAYOUT, _SOURCE)

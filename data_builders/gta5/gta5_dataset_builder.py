@@ -63,16 +63,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=data_builders.segmentation_features(),
-        supervised_keys=("image", "label"),
+    return data_builders.segmentation_info(
+        self, __doc__,
         homepage="https://download.visinf.tu-darmstadt.de/data/from_games/",
         citation="Richter, Vineet, Roth, Koltun. Playing for Data: Ground Truth from Computer "
-                 "Games. ECCV 2016.",
-        metadata=tfds.core.MetadataDict(),
-    )
+                 "Games. ECCV 2016.")
 
   def _split_generators(self, dl_manager):
     config = self.builder_config

@@ -370,15 +370,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=data_builders.segmentation_features(),
-        supervised_keys=("image", "label"),
-        metadata=tfds.core.MetadataDict(
+    return data_builders.segmentation_info(
+        self, __doc__,
+        metadata=dict(
             domain=self.builder_config.domain, seed=self.builder_config.seed,
-            image_hw=list(self.builder_config.image_hw)),
-    )
+            image_hw=list(self.builder_config.image_hw)))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download

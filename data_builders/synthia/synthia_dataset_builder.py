@@ -123,17 +123,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=data_builders.segmentation_features(),
-        supervised_keys=("image", "label"),
+    return data_builders.segmentation_info(
+        self, __doc__,
         homepage="https://synthia-dataset.net",
         citation="Ros, Sellart, Materzynska, Vazquez, Lopez. The SYNTHIA Dataset: A Large "
                  "Collection of Synthetic Images for Semantic Segmentation of Urban Scenes. "
-                 "CVPR 2016.",
-        metadata=tfds.core.MetadataDict(),
-    )
+                 "CVPR 2016.")
 
   def _split_generators(self, dl_manager):
     root = data_builders.manual_dir(dl_manager, "synthia", _LAYOUT, _SOURCE)
