@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import flax
 import jax
@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
 from etils import epath
