@@ -8,8 +8,9 @@ The step is the source half of a training iteration: forward in train mode (BN o
 statistics, running stats updated), both heads' logits upsampled to the input size with the
 align_corners bilinear resize, CE(main) + 0.1 CE(aux) with ignore label 255, backward, and an
 SGD update (momentum 0.9, coupled weight decay 5e-4). PyTorch runs the same architecture
-(`seat_jax.torch_reference`) with every core. JAX and PyTorch steps alternate, so both see the
-same machine load; the medians are reported.
+(`seat_jax.torch_reference`) with every core. Each framework runs in its own process (their
+thread pools fight for the cores otherwise); JAX model variants alternate step by step within
+the JAX process. Median step times are reported.
 """
 
 import argparse
@@ -19,7 +20,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -120,11 +123,11 @@ def setup_jax(cfg, images: np.ndarray, labels: np.ndarray, seed: int = 0,
 # --------------------------------------------------------------------------------- PyTorch
 
 
-def setup_torch(cfg, images: np.ndarray, labels: np.ndarray) -> dict:
+def setup_torch(cfg, images: np.ndarray, labels: np.ndarray, threads: int = 0) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from seat_jax import torch_reference  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(threads or os.cpu_count())
   torch.manual_seed(0)
   model = torch_reference.DeepLabMultiTorch(
       cfg.num_classes, cfg.stage_sizes, cfg.base_width, cfg.aspp_branches, cfg.aspp_dilations)
@@ -161,6 +164,36 @@ def conv3x3_im2col(x, k, dilation=1):
       [xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w]
        for i in range(3) for j in range(3)], axis=-1)
   return jax.lax.dot_general(patches, k.reshape(9 * c, -1), (((3,), (0,)), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3_fast_dk(x, k, dilation=1):
+  """Dilated 3x3 stride-1 conv (padding = dilation): XLA's conv forward and input gradient, but
+  the kernel gradient as one matmul of the 9 shifted input views with the output gradient.
+
+  XLA:CPU's kernel gradient of a dilated conv is 3x slower than that matmul at d=4.
+  """
+  return _conv_ref(x, k, dilation=dilation, padding=dilation)
+
+
+def _fast_dk_fwd(x, k, dilation):
+  return conv3x3_fast_dk(x, k, dilation), (x, k)
+
+
+def _fast_dk_bwd(dilation, residuals, g):
+  x, k = residuals
+  _, vjp_x = jax.vjp(lambda x: _conv_ref(x, k, dilation=dilation, padding=dilation), x)
+  (dx,) = vjp_x(g)
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (dilation, dilation), (dilation, dilation), (0, 0)))
+  patches = jnp.concatenate(
+      [xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w]
+       for i in range(3) for j in range(3)], axis=-1)
+  dk = jax.lax.dot_general(patches, g.astype(patches.dtype), (((0, 1, 2), (0, 1, 2)), ((), ())))
+  return dx, dk.reshape(k.shape).astype(k.dtype)
+
+
+conv3x3_fast_dk.defvjp(_fast_dk_fwd, _fast_dk_bwd)
 
 
 def conv3x3_space_to_batch(x, k, dilation=1):
@@ -217,6 +250,8 @@ def _op_table(height: int, width: int) -> list[tuple]:
     rows.append(("* " + name + " im2col dot", count,
                  functools.partial(conv3x3_im2col, dilation=d), conv, (h, w, c)))
     if d > 1:
+      rows.append(("* " + name + " matmul dk", count,
+                   functools.partial(conv3x3_fast_dk, dilation=d), conv, (h, w, c)))
       rows.append(("* " + name + " space-to-batch", count,
                    functools.partial(conv3x3_space_to_batch, dilation=d), conv, (h, w, c)))
   for name, count, c, d in (("aux head 3x3 d12 1024->19", 4, 1024, 12),
@@ -226,6 +261,8 @@ def _op_table(height: int, width: int) -> list[tuple]:
                  (h8, w8, c)))
     rows.append(("* " + name + " im2col dot", count,
                  functools.partial(conv3x3_im2col, dilation=d), conv, (h8, w8, c)))
+    rows.append(("* " + name + " matmul dk", count,
+                 functools.partial(conv3x3_fast_dk, dilation=d), conv, (h8, w8, c)))
   for name, count, (h, w), c, o in (("1x1 dot layer1 256->64", 5, (h4, w4), 256, 64),
                                     ("1x1 dot layer2 512->128", 7, (h8, w8), 512, 128),
                                     ("1x1 dot layer3 1024->256", 45, (h8, w8), 1024, 256),
@@ -236,20 +273,21 @@ def _op_table(height: int, width: int) -> list[tuple]:
   return rows
 
 
-def _median_time(fn, repeats: int) -> float:
+def _best_time(fn, repeats: int) -> float:
+  """Best of `repeats` after one warm-up: the least disturbed by other load."""
   fn()
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return min(times)
 
 
-def profile_ops(height: int, width: int, repeats: int = 5) -> list[dict]:
+def profile_ops(height: int, width: int, repeats: int = 5, threads: int = 0) -> list[dict]:
   import torch  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(threads or os.cpu_count())
   rng = np.random.default_rng(0)
   rows = []
   for name, count, fn, spec, shape in _op_table(height, width):
@@ -275,7 +313,7 @@ def profile_ops(height: int, width: int, repeats: int = 5) -> list[dict]:
 
     compiled = jax.jit(fwd_bwd)
     xj, kj, gj = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
-    jax_s = _median_time(lambda: jax.block_until_ready(compiled(xj, kj, gj)), repeats)
+    jax_s = _best_time(lambda: jax.block_until_ready(compiled(xj, kj, gj)), repeats)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
     gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
 
@@ -284,7 +322,7 @@ def profile_ops(height: int, width: int, repeats: int = 5) -> list[dict]:
       t_mod.zero_grad(set_to_none=True)
       t_mod(xt).backward(gt)
 
-    torch_s = _median_time(torch_fwd_bwd, repeats)
+    torch_s = _best_time(torch_fwd_bwd, repeats)
     rows.append(dict(op=name, count=count, jax_ms=1e3 * jax_s, torch_ms=1e3 * torch_s,
                      jax_total_ms=1e3 * jax_s * count, torch_total_ms=1e3 * torch_s * count))
     print(f"{name:42s} x{count:3d}  jax {1e3 * jax_s:8.1f} ms  torch {1e3 * torch_s:8.1f} ms  "
@@ -294,28 +332,34 @@ def profile_ops(height: int, width: int, repeats: int = 5) -> list[dict]:
 
 
 # ------------------------------------------------------- prototype model variants (--variants)
-# `fast` swaps two ops of seat_jax.models.deeplabv2 while the step is traced (nothing changes
-# outside this process): the max-pool becomes 9 strided slices and every dilated (d >= 2) 3x3
-# stride-1 conv whose dilation equals its padding becomes one im2col matmul, except the heads
-# (19 output channels: XLA's conv is faster there). Numbers are identical up to float rounding.
+# `fast` and `im2col` swap two ops of seat_jax.models.deeplabv2 while the step is traced
+# (nothing changes outside this process): the max-pool becomes 9 strided slices, and every
+# dilated (d >= 2) 3x3 stride-1 backbone conv becomes `conv3x3_fast_dk` (XLA conv, matmul kernel
+# gradient) or `conv3x3_im2col` (one matmul each way). The heads (19 output channels) keep
+# XLA's conv, which is faster there. Numbers are identical up to float rounding.
 
 
-class _FastLax:
-  """Stands in for `jax.lax` inside deeplabv2: routes backbone dilated 3x3 convs to im2col."""
+class _PatchedLax:
+  """Stands in for `jax.lax` inside deeplabv2: routes backbone dilated 3x3 convs to `conv3x3`."""
+
+  def __init__(self, conv3x3):
+    self._conv3x3 = conv3x3
 
   def __getattr__(self, name):
     return getattr(jax.lax, name)
 
-  @staticmethod
-  def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+  def conv_general_dilated(self, lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None, **kwargs):
     d = rhs_dilation[0] if rhs_dilation else 1
     if (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and d >= 2 and
         tuple(rhs_dilation) == (d, d) and tuple(map(tuple, padding)) == ((d, d), (d, d)) and
         rhs.shape[3] >= 64 and dimension_numbers == ("NHWC", "HWIO", "NHWC") and not kwargs):
-      return conv3x3_im2col(lhs, rhs, d)
+      return self._conv3x3(lhs, rhs, d)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, **kwargs)
+
+
+VARIANT_CONVS = {"fast": conv3x3_fast_dk, "im2col": conv3x3_im2col}
 
 
 @contextlib.contextmanager
@@ -326,10 +370,11 @@ def model_variant(name: str):
   if name == "reference":
     yield
     return
-  if name != "fast":
-    raise ValueError(f"--variants takes reference and/or fast; got {name!r}.")
+  if name not in VARIANT_CONVS:
+    raise ValueError(f"--variants takes reference, {', '.join(VARIANT_CONVS)}; got {name!r}.")
   saved = deeplabv2.lax, deeplabv2.max_pool_3x3_s2_ceil
-  deeplabv2.lax, deeplabv2.max_pool_3x3_s2_ceil = _FastLax(), maxpool_slices
+  deeplabv2.lax = _PatchedLax(VARIANT_CONVS[name])
+  deeplabv2.max_pool_3x3_s2_ceil = maxpool_slices
   try:
     yield
   finally:
@@ -341,7 +386,7 @@ def model_variant(name: str):
 
 def time_alternating(runners: dict[str, Callable[[], float]], warmup: int,
                      steps: int) -> dict[str, list[float]]:
-  """Alternates the frameworks step by step so machine load hits both alike."""
+  """Alternates the runners step by step so machine load hits them alike."""
   times = {name: [] for name in runners}
   for i in range(warmup + steps):
     for name, run in runners.items():
@@ -370,30 +415,23 @@ def parse_args(argv):
   p.add_argument("--only", default="both", choices=("both", "jax", "torch"))
   p.add_argument("--variants", default="reference",
                  help="comma list of JAX model variants to time: reference (the model as is), "
-                 "fast (prototype: slice max-pool + im2col dilated backbone convs)")
+                 "fast (prototype: slice max-pool + matmul kernel-gradient for dilated backbone convs), "
+                 "im2col (slice max-pool + im2col dilated backbone convs)")
+  p.add_argument("--threads", type=int, default=0,
+                 help="0: every core (the real comparison); k > 0: pin each framework's process "
+                 "to k cores and k threads (less sensitive to other load on a shared machine)")
   p.add_argument("--json", default="", help="also write the results to this file")
   p.add_argument("--profile_ops", action="store_true",
                  help="instead of the step, time forward+backward of each op type vs PyTorch")
   return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  cfg = model_config(args.depth, args.num_classes, args.dtype)
-  if args.profile_ops:
-    rows = profile_ops(args.height, args.width)
-    if args.json:
-      with open(args.json, "w") as f:
-        json.dump(rows, f, indent=1)
-    return {"ops": rows}
+def measure(args, cfg) -> dict:
+  """Times the frameworks named by `args.only` (jax or torch) in this process."""
   images, labels = make_batch(args.height, args.width, args.num_classes)
-  result: dict[str, Any] = dict(
-      height=args.height, width=args.width, depth=args.depth, dtype=args.dtype,
-      steps=args.steps, warmup=args.warmup, cpu_count=os.cpu_count(),
-      machine=platform.processor() or platform.machine(), jax_version=jax.__version__,
-      load_average_before=os.getloadavg()[0])
+  result: dict[str, Any] = {}
   runners = {}
-  if args.only in ("both", "jax"):
+  if args.only == "jax":
     for variant in args.variants.split(","):
       name = "jax" if variant == "reference" else f"jax_{variant}"
       jax_setup = setup_jax(cfg, images, labels, variant=variant)
@@ -403,18 +441,57 @@ def main(argv=None) -> dict:
                      f"{name}_compile_s": jax_setup["compile_s"]})
       print(f"{name}: init {jax_setup['init_s']:.1f} s, trace+lower {jax_setup['lower_s']:.1f} "
             f"s, compile {jax_setup['compile_s']:.1f} s", flush=True)
-  if args.only in ("both", "torch"):
-    torch_setup = setup_torch(cfg, images, labels)
+  else:
+    torch_setup = setup_torch(cfg, images, labels, args.threads)
     runners["torch"] = torch_setup["run"]
     result.update(torch_version=torch_setup["version"], torch_threads=torch_setup["threads"])
-  times = time_alternating(runners, args.warmup, args.steps)
-  for name, values in times.items():
+  for name, values in time_alternating(runners, args.warmup, args.steps).items():
     result[f"{name}_step_s"] = values
     result[f"{name}_median_s"] = statistics.median(values)
-    print(f"{name:9s} median step {statistics.median(values):.3f} s  "
+    result[f"{name}_min_s"] = min(values)
+    print(f"{name:9s} median step {statistics.median(values):.3f} s, best {min(values):.3f} s  "
           f"(all: {', '.join(f'{v:.3f}' for v in values)})", flush=True)
-  for name in times:
-    if name.startswith("jax") and "torch" in times:
+  return result
+
+
+def measure_in_subprocess(argv: list[str], framework: str) -> dict:
+  """Runs this script for one framework in a fresh process (see `main`)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "result.json")
+    argv = [a for a in argv if not a.startswith(("--only", "--json"))]
+    subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={framework}",
+                    f"--json={out}"], check=True)
+    with open(out) as f:
+      return json.load(f)
+
+
+def main(argv=None) -> dict:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  cfg = model_config(args.depth, args.num_classes, args.dtype)
+  if args.threads and (args.only != "both" or args.profile_ops):
+    # Before JAX creates its CPU client, which sizes its thread pool from the affinity.
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.threads]))
+  if args.profile_ops:
+    rows = profile_ops(args.height, args.width, threads=args.threads)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    return {"ops": rows}
+  result: dict[str, Any] = dict(
+      height=args.height, width=args.width, depth=args.depth, dtype=args.dtype,
+      steps=args.steps, warmup=args.warmup, cpu_count=os.cpu_count(), threads=args.threads,
+      machine=platform.processor() or platform.machine(), jax_version=jax.__version__,
+      load_average_before=os.getloadavg()[0])
+  if args.only == "both":
+    # One process per framework: XLA's and PyTorch's thread pools spin-wait after each op, and
+    # sharing two cores between them made PyTorch steps up to 5x slower in one process.
+    for framework in ("jax", "torch"):
+      result.update(measure_in_subprocess(argv, framework))
+  else:
+    result.update(measure(args, cfg))
+  for name in [k[:-len("_median_s")] for k in result if k.endswith("_median_s")]:
+    if name.startswith("jax") and "torch_median_s" in result:
       ratio = result[f"{name}_median_s"] / result["torch_median_s"]
       result[f"ratio_{name}_over_torch"] = ratio
       print(f"ratio {name} / PyTorch = {ratio:.2f} at {args.height}x{args.width}, "
