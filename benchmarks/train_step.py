@@ -117,7 +117,7 @@ def setup_jax(cfg, images: np.ndarray, labels: np.ndarray, seed: int = 0,
     holder["state"], loss = compiled(holder["state"], images, labels)
     return float(loss)  # blocks until the step is done
 
-  return dict(run=run, init_s=init_s, lower_s=lower_s, compile_s=compile_s)
+  return dict(run=run, init_s=init_s, lower_s=lower_s, compile_s=compile_s, compiled=compiled)
 
 
 # --------------------------------------------------------------------------------- PyTorch
