@@ -4,11 +4,8 @@ Most tests inject tiny in-memory data sources; the last ones build the real synt
 builder (when it exists) into a temporary data_dir.
 """
 
-import importlib.util
 import json
 import os
-import sys
-import types
 
 import jax
 import numpy as np
@@ -341,33 +338,6 @@ def test_image_label_size_mismatch_names_the_example():
     list(ip.create_eval_iterator(config, data_source=data))
 
 
-def test_unprepared_dataset_error_names_dataset_dir_and_command(tmp_path, monkeypatch):
-  class Unprepared:
-    def is_prepared(self):
-      return False
-
-  fake = types.ModuleType("seat_jax.prepare_data")
-  fake.get_builder = lambda name, data_dir, builder_config=None: Unprepared()
-  monkeypatch.setitem(sys.modules, "seat_jax.prepare_data", fake)
-  import seat_jax  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(seat_jax, "prepare_data", fake, raising=False)
-  config = _config()
-  config.data.data_dir = str(tmp_path)
-  config.data.source.update(name="gta5", builder_config="original")
-  with pytest.raises(ip.DatasetNotPreparedError) as error:
-    ip.create_train_iterator(config, "source", seed=0)
-  message = str(error.value)
-  assert "'gta5'" in message and str(tmp_path) in message
-  assert (f"python -m seat_jax.prepare_data gta5 --builder_config=original "
-          f"--manual_dir=<folder with the raw gta5 files> --data_dir={tmp_path}") in message
-  assert ip.prepare_command("synthetic_streets", "target", "/d") == (
-      "python -m seat_jax.prepare_data synthetic_streets --builder_config=target --data_dir=/d")
-
-
-# ---------------------------------------------------------------------------------------------
-# Global arrays.
-
-
 def test_to_global_batch_shards_over_the_data_axis():
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
@@ -386,31 +356,9 @@ def test_to_global_batch_shards_over_the_data_axis():
 
 
 # ---------------------------------------------------------------------------------------------
-# Integration with the real synthetic_streets builder (skipped until it exists).
+# Integration with the real builders (synthetic_data_dir comes from conftest.py).
 
 
-def _have(module):
-  try:
-    return importlib.util.find_spec(module) is not None
-  except ModuleNotFoundError:
-    return False
-
-
-needs_real_builder = pytest.mark.skipif(
-    not (_have("seat_jax.prepare_data") and _have("data_builders.synthetic_streets")),
-    reason="seat_jax.prepare_data or data_builders/synthetic_streets is not there yet")
-
-
-@pytest.fixture(scope="module")
-def synthetic_data_dir(tmp_path_factory):
-  from seat_jax import prepare_data  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  # One config is enough to exercise the plumbing; each one takes seconds to generate.
-  prepare_data.prepare("synthetic_streets", data_dir, builder_config="source")
-  return data_dir
-
-
-@needs_real_builder
 def test_synthetic_streets_through_the_real_builder(synthetic_data_dir):
   config = _config()
   config.data.data_dir = synthetic_data_dir
@@ -429,8 +377,6 @@ def test_synthetic_streets_through_the_real_builder(synthetic_data_dir):
   assert ip.num_eval_examples(config) >= 2
 
 
-@pytest.mark.skipif(not (_have("seat_jax.prepare_data") and _have("data_builders.gta5")),
-                    reason="seat_jax.prepare_data or data_builders/gta5 is not there yet")
 def test_unprepared_gta5_through_the_real_get_builder(tmp_path):
   config = _config()
   config.data.data_dir = str(tmp_path)  # empty: nothing prepared here
@@ -441,3 +387,5 @@ def test_unprepared_gta5_through_the_real_get_builder(tmp_path):
   assert "'gta5'" in message and str(tmp_path) in message
   assert (f"python -m seat_jax.prepare_data gta5 --builder_config=original "
           f"--manual_dir=<folder with the raw gta5 files> --data_dir={tmp_path}") in message
+  assert ip.prepare_command("synthetic_streets", "target", "/d") == (
+      "python -m seat_jax.prepare_data synthetic_streets --builder_config=target --data_dir=/d")
