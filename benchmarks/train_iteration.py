@@ -41,7 +41,7 @@ def peak_for(device, dtype: str):
 def run(args, dtype: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from seat_jax import presets, train  # pylint: disable=g-import-not-at-top,multiple-imports
+  from seat_jax import presets, train, train_step  # pylint: disable=g-import-not-at-top,multiple-imports
 
   config = presets.gta("mul")
   config.model.dtype = dtype
@@ -51,7 +51,7 @@ def run(args, dtype: str) -> dict:
   trainer = train.build_trainer(config)
   state = train.create_state(trainer, 0)
   step = train.jit_train_step(trainer)
-  weights = jax.device_put(train.loss_weights(config), trainer.replicated)
+  weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
   key = jax.random.key(0)
   n = args.batch_size
   batch = {

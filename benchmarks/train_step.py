@@ -8,7 +8,7 @@ The step is the source half of a training iteration: forward in train mode (BN o
 statistics, running stats updated), both heads' logits upsampled to the input size with the
 align_corners bilinear resize, CE(main) + 0.1 CE(aux) with ignore label 255, backward, and an
 SGD update (momentum 0.9, coupled weight decay 5e-4). PyTorch runs the same architecture
-(`seat_jax.torch_reference`) with every core. Each framework runs in its own process (their
+(`tests/torch_reference.py`) with every core. Each framework runs in its own process (their
 thread pools fight for the cores otherwise); JAX model variants alternate step by step within
 the JAX process. Median step times are reported.
 """
@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seat_jax import config_defaults, models
+from seat_jax import config_defaults, labels, models
 
 DEPTHS = {"resnet101": ((3, 4, 23, 3), 64), "tiny": ((1, 1, 1, 1), 8)}
-IGNORE_LABEL = 255
+IGNORE_LABEL = labels.IGNORE_ID
 AUX_WEIGHT = 0.1
 LR, MOMENTUM, WEIGHT_DECAY = 2.5e-4, 0.9, 5e-4
 
@@ -125,7 +125,9 @@ def setup_jax(cfg, images: np.ndarray, labels: np.ndarray, seed: int = 0,
 
 def setup_torch(cfg, images: np.ndarray, labels: np.ndarray, threads: int = 0) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
-  from seat_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "tests"))
+  import torch_reference  # pylint: disable=g-import-not-at-top  (a test helper, not installed)
 
   torch.set_num_threads(threads or os.cpu_count())
   torch.manual_seed(0)

@@ -1,18 +1,97 @@
-"""Orbax checkpoints: one place that knows the on-disk layout.
+"""Orbax checkpoints: the on-disk layout, the item names, finding steps and restoring them.
 
 Every checkpoint directory is an orbax `CheckpointManager` directory whose steps hold separate
 items, so evaluation can restore the `model` item alone. Converted PyTorch weights are written
 the same way (one step, items `model` and `meta`), so `config.init_from` and evaluation read
-converted weights and training checkpoints through the same code.
+converted weights and training checkpoints through the same code. Wherever the user names a
+checkpoint, a run's workdir, its `checkpoints/` folder or one step folder in it are all accepted.
 """
 
+import functools
 from typing import Any
 
 import flax
 import jax
-
 import orbax.checkpoint as ocp
 from etils import epath
+
+from seat_jax import errors
+from seat_jax import models
+
+# Item names, written once. `model` = {params, batch_stats} of the segmenter: the only item
+# evaluation, pseudo-labels and `init_from` read. The training state adds its own array items.
+MODEL = "model"
+DATA_ITER = "data_iter"  # the input iterators' positions (JSON)
+META = "meta"  # step, elapsed time, the resolved config (JSON)
+
+
+class CheckpointNotFoundError(errors.MissingInputError):
+  """No checkpoint (or not the asked step) where the user pointed."""
+
+
+class IncompatibleCheckpointError(errors.InvalidInputError):
+  """The checkpoint holds another model's variables than the config describes."""
+
+
+def resolve(path) -> tuple[epath.Path, int | None]:
+  """(checkpoint directory, step or None) for a workdir, its checkpoints/ or a step folder."""
+  path = epath.Path(path)
+  if (path / "checkpoints").is_dir():
+    return path / "checkpoints", None
+  if path.name.isdigit() and int(path.name) in list_steps(path.parent):
+    return path.parent, int(path.name)
+  return path, None
+
+
+def list_steps(directory) -> list[int]:
+  """The steps saved in a checkpoint directory, ascending; [] if there is none."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  with ocp.CheckpointManager(directory.absolute()) as mngr:
+    return sorted(mngr.all_steps())
+
+
+def find_steps(path, step: int | None = None) -> tuple[epath.Path, list[int]]:
+  """The checkpoint directory at `path` and its steps to use, ascending.
+
+  A step folder gives its own step; otherwise `step` if >= 0 (it must exist), else every step.
+  """
+  directory, folder_step = resolve(path)
+  if folder_step is None:
+    return directory, steps_to_evaluate(directory, step)
+  if step is not None and step >= 0 and step != folder_step:
+    raise errors.UsageError(
+        f"{path} is the folder of step {folder_step} but config.eval.step={step}; point at the "
+        "checkpoints/ folder to choose another step, or leave config.eval.step at -1.")
+  return directory, [folder_step]
+
+
+def steps_to_evaluate(directory, step: int | None) -> list[int]:
+  """[step] if step >= 0 (it must exist), else every saved step, ascending."""
+  steps = list_steps(directory)
+  if not steps:
+    raise CheckpointNotFoundError(
+        f"No checkpoint in {directory}. Train first (checkpoints go to <workdir>/checkpoints), or "
+        "point --config.eval.checkpoint at a run's workdir, its checkpoints/ folder, one step "
+        "folder or a directory written by `python -m seat_jax.convert`.")
+  if step is not None and step >= 0:
+    if step not in steps:
+      raise CheckpointNotFoundError(
+          f"config.eval.step={step} is not saved in {directory}; saved steps: {steps}. Use one "
+          "of them, or -1 for all.")
+    return [step]
+  return steps
+
+
+def abstract_variables(model: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+  """Shapes and dtypes of the model's variables (no compute), placed on `sharding`.
+
+  The default sharding is the first local device, where single-host evaluation runs.
+  """
+  shapes = jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
 def save_variables(directory, variables: Any, metadata: dict, step: int = 0) -> None:
@@ -20,46 +99,24 @@ def save_variables(directory, variables: Any, metadata: dict, step: int = 0) -> 
   directory = epath.Path(directory).absolute()
   with ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=True)) as mngr:
-    mngr.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(metadata)), force=True)
+    mngr.save(step, args=ocp.args.Composite(**{
+        MODEL: ocp.args.StandardSave(variables), META: ocp.args.JsonSave(metadata)}), force=True)
     mngr.wait_until_finished()
 
 
-def list_steps(directory) -> list[int]:
-  """The steps saved in a checkpoint directory, ascending; [] if there is none."""
-  directory = epath.Path(directory)
-  if not directory.exists():
-    return []
-  with ocp.CheckpointManager(directory.absolute()) as mngr:
-    return sorted(mngr.all_steps())
+def restore_model(directory, target: Any, step: int | None = None) -> Any:
+  """Restores only the `model` item of `step` (default: the latest) into the abstract tree.
 
-
-def restore_model(directory, abstract_variables: Any, step: int | None = None) -> Any:
-  """Restores only the `model` item of `step` (default: the latest) into `abstract_variables`.
-
-  `abstract_variables` is the tree of `jax.ShapeDtypeStruct` (e.g. from `jax.eval_shape` of the
-  model's init); a checkpoint of another model fails with the names of the mismatching entries.
+  `target` is a tree of `jax.ShapeDtypeStruct` (see `abstract_variables`); a
+  checkpoint of another model fails with the names of the mismatching entries.
   """
   directory = epath.Path(directory).absolute()
-  steps = list_steps(directory)
-  if not steps:
-    raise FileNotFoundError(
-        f"No checkpoint in {directory}. Expected an orbax checkpoint directory written by training "
-        "or by `python -m seat_jax.convert`.")
-  step = steps[-1] if step is None or step < 0 else step
-  if step not in steps:
-    raise FileNotFoundError(f"Step {step} is not in {directory}; saved steps: {steps}.")
-  with _manager_for_reading(directory) as mngr:
-    _check_compatible(mngr, step, abstract_variables, directory)
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(abstract_variables)))
-  return restored["model"]
-
-
-def checkpoint_dir(path) -> epath.Path:
-  """Accepts a workdir (with a `checkpoints/` folder) or a checkpoint directory itself."""
-  path = epath.Path(path)
-  return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  step = _existing_step(directory, step)
+  with _manager_for_reading(directory, [MODEL]) as mngr:
+    _check_compatible(mngr, step, target, directory)
+    restored = mngr.restore(step, args=ocp.args.Composite(**{
+        MODEL: ocp.args.StandardRestore(target)}))
+  return restored[MODEL]
 
 
 def train_manager(directory, keep: int = 0) -> ocp.CheckpointManager:
@@ -69,45 +126,53 @@ def train_manager(directory, keep: int = 0) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(create=True, max_to_keep=keep or None))
 
 
-TRAIN_ITEMS = ("model", "disc", "opt_state", "disc_opt_state")
-
-
-def train_save_args(items: dict[str, Any], data_iter: dict, meta: dict) -> ocp.args.Composite:
-  """Separate items, so that evaluation can restore `model` alone.
+def save_train(manager: ocp.CheckpointManager, step: int, arrays: dict[str, Any],
+               data_iter: dict, meta: dict) -> None:
+  """Saves the array items (one of them `model`), the data position and the metadata.
 
   Empty items (no discriminator in a source-only run) are left out: orbax refuses them.
   """
-  return ocp.args.Composite(
-      **{name: ocp.args.StandardSave(items[name]) for name in _non_empty(items)},
-      data_iter=ocp.args.JsonSave(data_iter), meta=ocp.args.JsonSave(meta))
+  manager.save(step, args=ocp.args.Composite(
+      **{name: ocp.args.StandardSave(tree) for name, tree in _non_empty(arrays).items()},
+      **{DATA_ITER: ocp.args.JsonSave(data_iter), META: ocp.args.JsonSave(meta)}), force=True)
 
 
-def _non_empty(items: dict[str, Any]) -> list[str]:
-  return [name for name in TRAIN_ITEMS if jax.tree.leaves(items[name])]
-
-
-def restore_train(directory, abstract_items: dict[str, Any], step: int | None = None):
-  """Restores every training item of `step` (default latest): (items, data_iter, meta)."""
+def restore_train(directory, abstract_arrays: dict[str, Any], step: int | None = None):
+  """Restores the array items of `step` (default latest): (arrays, data_iter, meta)."""
   directory = epath.Path(directory).absolute()
+  step = _existing_step(directory, step)
+  stored = _non_empty(abstract_arrays)
+  with _manager_for_reading(directory, list(stored)) as mngr:
+    _check_compatible(mngr, step, abstract_arrays[MODEL], directory)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        **{name: ocp.args.StandardRestore(tree) for name, tree in stored.items()},
+        **{DATA_ITER: ocp.args.JsonRestore(), META: ocp.args.JsonRestore()}))
+  arrays = {name: restored[name] if name in stored else tree
+            for name, tree in abstract_arrays.items()}
+  return arrays, restored[DATA_ITER], restored[META]
+
+
+def _existing_step(directory: epath.Path, step: int | None) -> int:
   steps = list_steps(directory)
   if not steps:
-    raise FileNotFoundError(f"No checkpoint to resume from in {directory}.")
-  step = steps[-1] if step is None else step
-  with _manager_for_reading(directory) as mngr:
-    _check_compatible(mngr, step, abstract_items["model"], directory)
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        **{name: ocp.args.StandardRestore(abstract_items[name])
-           for name in _non_empty(abstract_items)},
-        data_iter=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-  items = {name: restored[name] if name in _non_empty(abstract_items) else abstract_items[name]
-           for name in TRAIN_ITEMS}
-  return items, restored["data_iter"], restored["meta"]
+    raise CheckpointNotFoundError(
+        f"No checkpoint in {directory}. Expected an orbax checkpoint directory written by "
+        "training or by `python -m seat_jax.convert` (a workdir, its checkpoints/ folder or a "
+        "step folder).")
+  step = steps[-1] if step is None or step < 0 else step
+  if step not in steps:
+    raise CheckpointNotFoundError(f"Step {step} is not in {directory}; saved steps: {steps}.")
+  return step
 
 
-def _manager_for_reading(directory) -> ocp.CheckpointManager:
+def _non_empty(arrays: dict[str, Any]) -> dict[str, Any]:
+  return {name: tree for name, tree in arrays.items() if jax.tree.leaves(tree)}
+
+
+def _manager_for_reading(directory, array_items) -> ocp.CheckpointManager:
   # Naming the handlers lets orbax report the stored `model` tree before restoring it.
-  handlers = {name: ocp.StandardCheckpointHandler() for name in TRAIN_ITEMS}
-  handlers.update(data_iter=ocp.JsonCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
+  handlers = {name: ocp.StandardCheckpointHandler() for name in array_items}
+  handlers.update({DATA_ITER: ocp.JsonCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
   return ocp.CheckpointManager(directory, item_handlers=handlers)
 
 
@@ -118,7 +183,7 @@ def _shapes(tree) -> dict[str, tuple]:
 
 def _check_compatible(mngr, step: int, abstract_model: Any, directory) -> None:
   """Fails with the differing entries when the checkpoint holds another model's variables."""
-  stored_meta = mngr.item_metadata(step)["model"]
+  stored_meta = mngr.item_metadata(step)[MODEL]
   stored = _shapes(stored_meta.tree if hasattr(stored_meta, "tree") else stored_meta)
   expected = _shapes(abstract_model)
   missing = sorted(set(expected) - set(stored))
@@ -134,7 +199,7 @@ def _check_compatible(mngr, step: int, abstract_model: Any, directory) -> None:
     more = f"\n    ... and {len(keys) - 8} more" if len(keys) > 8 else ""
     return f"\n  {title} ({len(keys)}):\n    {shown}{more}"
 
-  raise ValueError(
+  raise IncompatibleCheckpointError(
       f"The checkpoint in {directory} (step {step}) holds a different model than the config "
       "describes; check model.norm_mode, model.num_classes, model.stage_sizes, "
       "model.base_width against the config the checkpoint was written with (config.json next "

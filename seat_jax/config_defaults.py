@@ -7,14 +7,17 @@ as (height, width) everywhere, which is the array order; the papers quote width 
 
 import ml_collections
 
-RESNET101_STAGES = (3, 4, 23, 3)
+from seat_jax import models
+
+# What `python -m seat_jax.main` can do with a config (config.mode).
+MODES = ("train", "eval", "pseudo_labels")
 
 
 def get_model_config() -> ml_collections.ConfigDict:
   """DeepLabV2 / ResNet-101 with SEAT norms (SPEC sections 1-2)."""
   m = ml_collections.ConfigDict()
   m.num_classes = 19
-  m.stage_sizes = RESNET101_STAGES  # blocks in layer1..layer4
+  m.stage_sizes = models.RESNET101_STAGES  # blocks in layer1..layer4
   m.base_width = 64  # stem channels and layer1 planes; ResNet doubles it per stage
   m.aspp_branches = 4  # 2 reproduces AdaptSegNet's early-return bug (REFERENCE 1.1)
   m.aspp_dilations = (6, 12, 18, 24)

@@ -1,19 +1,34 @@
-"""Checks of a resolved config that catch mistakes before any compile or data read."""
+"""Checks of a resolved config that catch a user's mistakes before any compile or data read."""
 
 import ml_collections
 
+from seat_jax import config_defaults
+from seat_jax import datasets
+from seat_jax import errors
+from seat_jax import labels
+from seat_jax import models
+from seat_jax import pseudo_labels
+from seat_jax import train_step
+
+# Each choice list is owned by the module that acts on it.
 CHOICES = {
-    "mode": ("train", "eval", "pseudo_labels"),
-    "model.norm_mode": ("shared", "sat", "seat"),
-    "model.dtype": ("float32", "bfloat16"),
-    "model.aspp_branches": (2, 4),
-    "adv.mode": ("none", "single", "multi_level_sum", "two_discriminators"),
-    "adv.input": ("softmax", "entropy"),
-    "data.label_space": ("cityscapes19", "synthia16"),
-    "pseudo.rule": ("global", "class_quantile"),
+    "mode": config_defaults.MODES,
+    "model.norm_mode": models.NORM_MODES,
+    "model.dtype": models.COMPUTE_DTYPES,
+    "model.aspp_branches": models.ASPP_BRANCHES,
+    "adv.mode": train_step.ADV_MODES,
+    "adv.input": train_step.ADV_INPUTS,
+    "data.label_space": labels.LABEL_SPACES,
+    "data.source.name": datasets.NAMES,
+    "data.target.name": datasets.NAMES,
+    "data.val.name": datasets.NAMES,
+    "pseudo.rule": pseudo_labels.RULES,
 }
-NUM_CLASSES = {"cityscapes19": 19, "synthia16": 16}
 PLACEHOLDER = "REQUIRED"
+
+
+class ConfigError(errors.UsageError):
+  """The config holds values the program cannot run with; the message lists each of them."""
 
 
 def _get(config, dotted: str):
@@ -32,23 +47,27 @@ def _placeholders(config, prefix=""):
       yield name, value
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the config key and the accepted values."""
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming every bad config key and the accepted values.
+
+  With `num_devices` (known once JAX has started its backends) the batch is checked against it.
+  """
   problems = []
   for key, choices in CHOICES.items():
     if _get(config, key) not in choices:
       problems.append(f"config.{key}={_get(config, key)!r} is not one of {choices}")
   for key, value in _placeholders(config):
     problems.append(f"config.{key} must be set: {value}")
-  expected = NUM_CLASSES.get(config.data.label_space)
-  if expected and config.model.num_classes != expected:
-    problems.append(f"config.model.num_classes={config.model.num_classes} but "
-                    f"config.data.label_space={config.data.label_space!r} has {expected} classes")
+  if config.data.label_space in labels.LABEL_SPACES:
+    expected = labels.get_label_space(config.data.label_space).num_classes
+    if config.model.num_classes != expected:
+      problems.append(f"config.model.num_classes={config.model.num_classes} but "
+                      f"config.data.label_space={config.data.label_space!r} has {expected} "
+                      "classes")
   if config.train.batch_size < 1:
     problems.append("config.train.batch_size must be >= 1")
-  import jax  # pylint: disable=g-import-not-at-top  (keeps this module cheap to import)
-  if config.mode == "train" and config.train.batch_size % jax.device_count():
+  if num_devices and config.mode == "train" and config.train.batch_size % num_devices:
     problems.append(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
-                    f"the {jax.device_count()} devices (the batch is split across them)")
+                    f"the {num_devices} devices (the batch is split across them)")
   if problems:
-    raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

@@ -1,10 +1,12 @@
 """Imports PyTorch DeepLab-V2 / torchvision ResNet weights into seat_jax Flax variables.
 
-    python -m seat_jax.convert --torch=FILE.pth --out=DIR [--format=auto|deeplab|torchvision]
-        [--num_classes=19] [--aspp_branches=4] [--norm_mode=seat]
+    python -m seat_jax.convert --config=configs/gta.py [--config.model.aspp_branches=2 ...] \
+        --torch=FILE.pth --out=DIR [--format=auto|deeplab|torchvision] [--seed=0]
 
-writes an orbax checkpoint (items `model` and `meta`, see `checkpointing.save_variables`) that
-`config.init_from` reads. The result has exactly the tree of `build_segmenter(cfg).init`:
+builds the model of the config's `model` section (the base config's when --config is not given:
+ResNet-101, 19 classes, 4 ASPP branches, SEAT norms) and writes an orbax checkpoint (items
+`model` and `meta`, see `checkpointing.save_variables`) that `config.init_from` reads. The
+result has exactly the tree of `build_segmenter(cfg).init`:
 every PyTorch BatchNorm is copied into every domain slot of its SEAT norm, and heads that the
 file does not provide for this model (torchvision files, the DeepLab COCO/ImageNet init whose
 `layer5` is a classifier on layer4, a different class count) keep their values from `init`
@@ -14,7 +16,6 @@ PyTorch is needed only here (`pip install -e '.[torch]'`); files are read with
 `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 """
 
-import argparse
 import dataclasses
 import os
 import re
@@ -25,7 +26,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from flax import traverse_util
+from ml_collections import config_flags
+
+from seat_jax import cli
+from seat_jax import errors
 
 FORMATS = ("auto", "deeplab", "torchvision")
 UNDERSTOOD_FORMATS = (
@@ -42,7 +48,7 @@ BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "
 _MAX_LISTED = 25
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.InvalidInputError):
   """A PyTorch file that cannot be converted for this model config."""
 
 
@@ -75,10 +81,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
   except ImportError as e:
-    raise ImportError("Reading PyTorch checkpoints needs PyTorch: pip install -e '.[torch]' "
-                      "(CPU wheel torch==2.13.0 is enough).") from e
+    raise errors.MissingInputError(
+        "Reading PyTorch checkpoints needs PyTorch: pip install -e '.[torch]' (the CPU wheel "
+        "torch==2.13.0 is enough).") from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"PyTorch checkpoint {path!r} does not exist.")
+    raise errors.MissingInputError(f"PyTorch checkpoint {path!r} does not exist.")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError)
@@ -195,9 +202,6 @@ def _torch_shape(flax_shape: Sequence[int]) -> tuple[int, ...]:
 # XLA's full optimisation of `init` takes minutes for ResNet-101 on CPU and buys nothing for a
 # program that runs once; these are the options `jax_disable_most_optimizations` sets.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-_INIT_IMAGES_SHAPE = (1, 33, 33, 3)  # any size with a >= 1 pixel stride-8 map
-
-
 def _segmenter(model_config: Any):
   from seat_jax import models  # pylint: disable=g-import-not-at-top  (keeps --help fast)
 
@@ -206,9 +210,10 @@ def _segmenter(model_config: Any):
 
 def abstract_variables(model_config: Any) -> dict:
   """Shapes and dtypes of the model's variables (no computation)."""
-  module = _segmenter(model_config)
-  return jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct(_INIT_IMAGES_SHAPE, jnp.float32))
+  from seat_jax import models  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+
+  return jax.eval_shape(lambda rng: models.init_variables(_segmenter(model_config), rng),
+                        jax.random.PRNGKey(0))
 
 
 def init_head_params(model_config: Any, seed: int = 0) -> dict:
@@ -216,11 +221,11 @@ def init_head_params(model_config: Any, seed: int = 0) -> dict:
 
   Only the heads are returned, so jit prunes the backbone's initialisers and forward pass.
   """
+  from seat_jax import models  # pylint: disable=g-import-not-at-top  (keeps --help fast)
   module = _segmenter(model_config)
-  images = jnp.zeros(_INIT_IMAGES_SHAPE, jnp.float32)
 
   def heads(rng):
-    params = module.init(rng, images)["params"]
+    params = models.init_variables(module, rng)["params"]
     return {name: params[name] for name in HEAD_MODULES}
 
   rng = jax.random.PRNGKey(seed)
@@ -338,48 +343,30 @@ def _config_dict(model_config: Any) -> dict:
 # -------------------------------------------------------------------------------------- CLI
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      prog="python -m seat_jax.convert", description=__doc__.split("\n\n")[0])
-  p.add_argument("--torch", required=True, help="the PyTorch .pth file")
-  p.add_argument("--out", required=True, help="orbax checkpoint directory to write")
-  p.add_argument("--format", default="auto", choices=FORMATS)
-  p.add_argument("--num_classes", type=int, default=19)
-  p.add_argument("--aspp_branches", type=int, default=4, choices=(2, 4))
-  p.add_argument("--norm_mode", default="seat", choices=("shared", "sat", "seat"))
-  p.add_argument("--stage_sizes", default="3,4,23,3",
-                 help="blocks per layer1..layer4 (ResNet-101: 3,4,23,3)")
-  p.add_argument("--base_width", type=int, default=64)
-  p.add_argument("--seed", type=int, default=0, help="init seed for heads the file lacks")
-  return p.parse_args(argv)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The preset whose `model` section the weights are converted for, e.g. "
+    "configs/gta.py (with --config.model.* overrides); default: the base config's model.")
+_TORCH = flags.DEFINE_string("torch", None, "The PyTorch .pth file.")
+_OUT = flags.DEFINE_string("out", None, "The orbax checkpoint directory to write.")
+_FORMAT = flags.DEFINE_enum("format", "auto", FORMATS, "The file's layout.")
+_SEED = flags.DEFINE_integer("seed", 0, "Init seed of the heads the file does not provide.")
 
 
-def model_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
-  from seat_jax import config_defaults  # pylint: disable=g-import-not-at-top
+def run(argv: Sequence[str]) -> int:
+  from seat_jax import checkpointing, config_defaults  # pylint: disable=g-import-not-at-top,multiple-imports
 
-  cfg = config_defaults.get_model_config()
-  cfg.num_classes = args.num_classes
-  cfg.aspp_branches = args.aspp_branches
-  cfg.norm_mode = args.norm_mode
-  cfg.stage_sizes = tuple(int(s) for s in args.stage_sizes.split(","))
-  cfg.base_width = args.base_width
-  return cfg
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  from seat_jax import checkpointing  # pylint: disable=g-import-not-at-top
-
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
-  cfg = model_config_from_args(args)
-  try:
-    result = convert_checkpoint(args.torch, cfg, args.format, args.seed)
-  except (CheckpointError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  checkpointing.save_variables(args.out, result.variables,
-                               result.metadata(args.torch, cfg, args.seed))
+  if len(argv) > 1:
+    raise errors.UsageError(f"unexpected arguments {list(argv[1:])}; see --help.")
+  for flag in (_TORCH, _OUT):
+    if not flag.value:
+      raise errors.UsageError(f"--{flag.name} is required.")
+  cfg = (_CONFIG.value or config_defaults.get_config()).model
+  result = convert_checkpoint(_TORCH.value, cfg, _FORMAT.value, _SEED.value)
+  checkpointing.save_variables(_OUT.value, result.variables,
+                               result.metadata(_TORCH.value, cfg, _SEED.value))
   num_bn = sum(1 for k in result.converted_keys if k.endswith(".running_mean"))
-  print(f"Converted {args.torch} (format {result.format}) -> {os.path.abspath(args.out)}\n"
+  print(f"Converted {_TORCH.value} (format {result.format}) -> {os.path.abspath(_OUT.value)}\n"
+        f"  model:             {_model_line(cfg)}\n"
         f"  tensors converted: {len(result.converted_keys)} ({num_bn} BatchNorms copied into "
         f"every '{cfg.norm_mode}' domain slot)\n"
         f"  tensors skipped:   {len(result.skipped_keys)}"
@@ -388,6 +375,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  heads:             {result.heads_note}\n"
         f"  model parameters:  {result.num_params:,}")
   return 0
+
+
+def _model_line(cfg) -> str:
+  return (f"{cfg.num_classes} classes, stage_sizes {tuple(cfg.stage_sizes)}, base_width "
+          f"{cfg.base_width}, {cfg.aspp_branches} ASPP branches, norm_mode {cfg.norm_mode}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command; `argv` without the program name (default sys.argv[1:]). Returns the exit code."""
+  argv = sys.argv[1:] if argv is None else argv
+  return cli.run(run, ["convert", *argv], configs=[_CONFIG])
 
 
 def _short(keys: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""Input pipelines: TFDS array_record data sources read through grain (no tf.data).
+"""Input pipelines: prepared TFDS splits read through grain (no tf.data), as device batches.
 
 Training (`create_train_iterator`): one infinite stream per domain, each with its own seed, so
 the source and target streams never share shuffles or crops. A stream is
@@ -18,6 +18,10 @@ Preprocessing follows the references (REFERENCE 3.3): PIL bicubic for images (it
 when shrinking), nearest for labels, RGB -> BGR, subtract the Caffe mean, no std division, because
 the pretrained DeepLab weights expect exactly that.
 
+`TrainingBatches` merges the two domain streams into the global batch of the train step: it
+owns the batch key names, the sharding over the mesh's `data` axis and the streams' positions
+that checkpoints store.
+
 Every function that opens a dataset takes an optional `data_source` (anything with `__len__`
 and `__getitem__` returning {'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1], 'id': str or
 bytes}) so tests and benchmarks can inject tiny in-memory sources.
@@ -35,18 +39,18 @@ import jax
 import numpy as np
 from PIL import Image
 
+from seat_jax import datasets
+from seat_jax import errors
 from seat_jax import fda
+from seat_jax import labels
+from seat_jax.models.seat_norm import DOMAINS
 
 # Caffe ImageNet mean in B, G, R order (AdaptSegNet IMG_MEAN).
 CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
-IGNORE_ID = 255
-# Label space each builder stores its labels in (data contract); anything else stores 19 ids.
-_STORED_LABEL_SPACE = {"synthia": "synthia16"}
-_DOMAINS = ("source", "target")
 
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """A TFDS dataset the config names has not been built into data_dir."""
+# The keys of the global batch the train step reads.
+SOURCE_IMAGE, SOURCE_LABEL = "source_image", "source_label"
+TARGET_IMAGE, TARGET_LABEL = "target_image", "target_label"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,34 +120,33 @@ def _read_example(example: Mapping[str, Any], dataset: str, *, with_label: bool)
 
 
 def label_lut(label_space: str, dataset_name: str) -> np.ndarray | None:
-  """The LUT that maps `dataset_name`'s stored ids into `label_space` (None: already there).
+  """The LUT that maps `dataset_name`'s stored ids into `label_space` (None: already there)."""
+  stored = datasets.get(dataset_name).stored_label_space
+  try:
+    return labels.conversion_lut(stored, label_space)
+  except ValueError:
+    raise errors.UsageError(
+        f"config.data.label_space={label_space!r} cannot be read from dataset {dataset_name!r}, "
+        f"which stores {stored} labels; expected one of {labels.LABEL_SPACES}.") from None
 
-  Builders store 19 Cityscapes train ids except synthia (16 ids). The only conversion needed is
-  19 -> 16 (terrain/truck/train -> ignore) for a SYNTHIA-trained model read on Cityscapes.
-  """
-  stored = _STORED_LABEL_SPACE.get(dataset_name, "cityscapes19")
-  if label_space == stored:
-    return None
-  if (stored, label_space) == ("cityscapes19", "synthia16"):
-    from seat_jax import labels  # pylint: disable=g-import-not-at-top
-    return np.asarray(labels.TRAIN19_TO_TRAIN16, np.uint8)
-  raise ValueError(
-      f"config.data.label_space={label_space!r} cannot be read from dataset {dataset_name!r}, "
-      f"which stores {stored} labels; expected 'cityscapes19' or 'synthia16'.")
+
+def target_has_labels(config) -> bool:
+  """Whether the target stream carries labels: stage 2's pseudo-labels."""
+  return bool(config.data.target.get("pseudo_label_dir", ""))
 
 
 def read_pseudo_label(pseudo_label_dir: str, example_id: str) -> np.ndarray:
   """The stage-2 pseudo-label `<pseudo_label_dir>/<example_id>.png` as uint8 [H, W] train ids."""
   path = os.path.join(pseudo_label_dir, example_id + ".png")
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"Missing pseudo-label for target example '{example_id}': {path} does not exist "
         f"(config.data.target.pseudo_label_dir={pseudo_label_dir!r}). Generate the pseudo-labels "
         "for every target-train example (mode=pseudo_labels) or point pseudo_label_dir at the "
         "directory that holds them.")
   with Image.open(path) as png:
     if png.mode not in ("L", "P"):
-      raise ValueError(
+      raise errors.InvalidInputError(
           f"Pseudo-label {path} has PIL mode {png.mode!r}; expected a single-channel PNG "
           "('L' or 'P') of train ids with 255 = ignore.")
     return np.asarray(png, np.uint8)
@@ -243,69 +246,9 @@ class EvalTransform(grain.transforms.Map):
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Opening the prepared TFDS datasets.
-
-
 def _dataset_desc(split_config) -> str:
   config_part = f"/{split_config.builder_config}" if split_config.get("builder_config") else ""
   return f"{split_config.name}{config_part}:{split_config.split}"
-
-
-def prepare_command(name: str, builder_config: str, data_dir: str) -> str:
-  """The exact command that builds a dataset (named in 'not prepared' errors)."""
-  parts = ["python -m seat_jax.prepare_data", name]
-  if builder_config:
-    parts.append(f"--builder_config={builder_config}")
-  if name != "synthetic_streets":
-    parts.append(f"--manual_dir=<folder with the raw {name} files>")
-  parts.append(f"--data_dir={data_dir}")
-  return " ".join(parts)
-
-
-def _resolved_data_dir(data_dir: str) -> str:
-  if data_dir:
-    return data_dir
-  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
-  return os.path.expanduser(constants.DATA_DIR)
-
-
-def open_data_source(split_config, data_dir: str, *, split: str | None = None,
-                     decode_label: bool = True):
-  """The random-access data source of one split of a prepared TFDS builder.
-
-  Args:
-    split_config: a config.data.{source,target,val} entry (name, builder_config, split).
-    data_dir: config.data.data_dir ("" = the TFDS default).
-    split: overrides split_config.split.
-    decode_label: False leaves the label PNG undecoded (UDA target streams and FDA images
-      never look at it; decoding a 2048x1024 label PNG costs ~5-10 ms of CPU).
-  """
-  name = split_config.name
-  builder_config = split_config.get("builder_config", "") or ""
-  split = split or split_config.split
-  resolved = _resolved_data_dir(data_dir)
-  command = prepare_command(name, builder_config, resolved)
-  desc = f"dataset {name!r}" + (f" (builder_config {builder_config!r})" if builder_config else "")
-  from seat_jax import prepare_data  # pylint: disable=g-import-not-at-top
-  try:
-    # Unknown names/configs raise ValueError there (clear as they are); generated datasets
-    # (synthetic_streets) are prepared on first use.
-    builder = prepare_data.get_builder(name, resolved, builder_config or None)
-  except FileNotFoundError as e:
-    raise DatasetNotPreparedError(
-        f"{desc} is not prepared in data_dir {resolved}. Build it with:\n  {command}") from e
-  if not builder.is_prepared():
-    raise DatasetNotPreparedError(
-        f"{desc} is not prepared in data_dir {resolved}. Build it with:\n  {command}")
-  if split not in builder.info.splits:
-    raise ValueError(
-        f"{desc} in {resolved} has no split {split!r}; it has {sorted(builder.info.splits)}.")
-  decoders = None
-  if not decode_label:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    decoders = {"label": tfds.decode.SkipDecoding()}
-  return builder.as_data_source(split, decoders=decoders)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,23 +336,23 @@ def create_train_iterator(
     fda_data_source: injected target-train images for FDA (default: config.data.target's split).
     read_threads: grain read threads per process (default 1 with workers, else 2).
   """
-  if domain not in _DOMAINS:
-    raise ValueError(f"domain must be one of {_DOMAINS}, got {domain!r}.")
+  if domain not in DOMAINS:
+    raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}.")
   data = config.data
   split_config = data[domain]
   is_source = domain == "source"
   pseudo_label_dir = "" if is_source else (split_config.get("pseudo_label_dir", "") or "")
   if pseudo_label_dir and not os.path.isdir(pseudo_label_dir):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"config.data.target.pseudo_label_dir={pseudo_label_dir!r} is not a directory; generate "
         "pseudo-labels first (mode=pseudo_labels) or clear the field for stage 1.")
   with_label = is_source or bool(pseudo_label_dir)
   if data_source is None:
-    data_source = open_data_source(split_config, data.data_dir,
-                                   decode_label=with_label and not pseudo_label_dir)
+    data_source = datasets.open_data_source(split_config, data.data_dir,
+                                            decode_label=with_label and not pseudo_label_dir)
   fda_beta = float(data.get("fda_beta", 0.0)) if is_source else 0.0
   if fda_beta > 0 and fda_data_source is None:
-    fda_data_source = open_data_source(data.target, data.data_dir, decode_label=False)
+    fda_data_source = datasets.open_data_source(data.target, data.data_dir, decode_label=False)
   fda.low_freq_half_width(1, 1, fda_beta)  # validates beta early
   resize_hw = _check_hw(split_config.resize_hw, f"config.data.{domain}.resize_hw")
   crop_hw = None
@@ -456,7 +399,7 @@ def num_eval_examples(config, split_config=None, *, max_examples: int = 0,
   """How many examples `create_eval_iterator` yields for the same arguments."""
   split_config = split_config or config.data.val
   if data_source is None:
-    data_source = open_data_source(split_config, config.data.data_dir)
+    data_source = datasets.open_data_source(split_config, config.data.data_dir)
   return _eval_length(split_config, data_source, max_examples)
 
 
@@ -475,7 +418,7 @@ def create_eval_iterator(config, split_config=None, *, max_examples: int = 0, da
   """
   split_config = split_config or config.data.val
   if data_source is None:
-    data_source = open_data_source(split_config, config.data.data_dir)
+    data_source = datasets.open_data_source(split_config, config.data.data_dir)
   transform = EvalTransform(
       dataset=_dataset_desc(split_config),
       resize_hw=_check_hw(split_config.resize_hw, "resize_hw of the evaluation split"),
@@ -506,3 +449,40 @@ def to_global_batch(batch: Mapping[str, Any],
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
       out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+class TrainingBatches:
+  """The train step's global batches: one stream per domain, merged and sharded.
+
+  Yields {SOURCE_IMAGE, SOURCE_LABEL[, TARGET_IMAGE[, TARGET_LABEL]]} as global jax.Arrays
+  sharded by `sharding`. A source-only run reads no target; the target carries labels only in
+  stage 2 (`target_has_labels`). `get_state()` / `set_state()` are the streams' positions, the
+  JSON the checkpoints keep so a resumed run sees the same batches.
+  """
+
+  def __init__(self, config, sharding: jax.sharding.Sharding, *, with_target: bool = True):
+    domains = DOMAINS if with_target else ("source",)
+    self.iterators = {
+        domain: create_train_iterator(config, domain, seed=config.seed) for domain in domains}
+    self.target_labels = with_target and target_has_labels(config)
+    self.sharding = sharding
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    source = next(self.iterators["source"])
+    batch = {SOURCE_IMAGE: source["image"], SOURCE_LABEL: source["label"]}
+    if "target" in self.iterators:
+      target = next(self.iterators["target"])
+      batch[TARGET_IMAGE] = target["image"]
+      if self.target_labels:
+        batch[TARGET_LABEL] = target["label"]
+    return to_global_batch(batch, self.sharding)
+
+  def get_state(self) -> dict[str, Any]:
+    return {domain: it.get_state() for domain, it in self.iterators.items()}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    for domain, it in self.iterators.items():
+      it.set_state(state[domain])

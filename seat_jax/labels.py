@@ -5,6 +5,7 @@ DADA `synthia.py`). All lookup tables (LUTs) are read-only uint8 arrays of lengt
 the raw id, so mapping a label image is one fancy-indexing step: `LUT[raw_ids]`.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,18 +79,86 @@ SYNTHIA_RAW_TO_TRAIN16 = _lut({
 # 19 train ids -> 16-class ids, for evaluating a SYNTHIA model on Cityscapes ground truth.
 TRAIN19_TO_TRAIN16 = _lut({t19: t16 for t16, t19 in enumerate(_TRAIN19_OF_16)})
 
-_LABEL_SPACES = {
-    "cityscapes19": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
-    "synthia16": (SYNTHIA16_CLASSES, SYNTHIA16_PALETTE),
-}
+# Every raw id the tables know: Cityscapes labelIds 0..33 (GTA5 labels store the same ids; the
+# license plate's -1 never appears in a labelId PNG) and SYNTHIA's 0..22. An id outside these is
+# not in the dataset's table at all (e.g. 250 in a damaged GTA5 label); builders count them.
+NUM_CITYSCAPES_LABEL_IDS = 34
+KNOWN_CITYSCAPES_LABEL_IDS = tuple(range(NUM_CITYSCAPES_LABEL_IDS))
+KNOWN_SYNTHIA_RAW_IDS = tuple(sorted(SYNTHIA_RAW_IDS.values()))
+
+LABEL_SPACES = ("cityscapes19", "synthia16")
 
 
-def label_space_classes(name: str) -> tuple[tuple[str, ...], np.ndarray]:
-  """(class names, palette) of a label space: 'cityscapes19' or 'synthia16'."""
-  if name not in _LABEL_SPACES:
+@dataclasses.dataclass(frozen=True)
+class LabelSpace:
+  """The classes a model predicts: names, colours, Cityscapes labelIds and the reported means."""
+  name: str
+  classes: tuple[str, ...]
+  palette: np.ndarray  # [C, 3] uint8
+  cityscapes_label_ids: np.ndarray  # [C] the Cityscapes labelId of each class
+  # Reported means, headline first: metric name -> class indices (None = every class).
+  subsets: dict[str, tuple[int, ...] | None]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes)
+
+  @property
+  def headline(self) -> str:
+    return next(iter(self.subsets))
+
+
+def _synthia16_to_train19() -> np.ndarray:
+  """Inverts TRAIN19_TO_TRAIN16 so 16-class predictions can be written as label ids."""
+  inverse = np.full(len(SYNTHIA16_CLASSES), -1, np.int64)
+  for train19, train16 in enumerate(TRAIN19_TO_TRAIN16[:len(CITYSCAPES_CLASSES)]):
+    if train16 != IGNORE_ID:
+      inverse[train16] = train19
+  if (inverse < 0).any():
+    raise ValueError("TRAIN19_TO_TRAIN16 does not cover every one of the 16 classes.")
+  return inverse
+
+
+def get_label_space(name: str) -> LabelSpace:
+  """The label space named by config.data.label_space: 'cityscapes19' or 'synthia16'."""
+  cityscapes_ids = np.asarray(TRAIN_ID_TO_LABEL_ID, np.int64)
+  if name == "cityscapes19":
+    return LabelSpace(
+        name=name, classes=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE,
+        cityscapes_label_ids=cityscapes_ids, subsets={"mIoU19": None})
+  if name == "synthia16":
+    return LabelSpace(
+        name=name, classes=SYNTHIA16_CLASSES, palette=SYNTHIA16_PALETTE,
+        cityscapes_label_ids=cityscapes_ids[_synthia16_to_train19()],
+        subsets={"mIoU16": None, "mIoU13": MIOU13_OF_16})
+  raise ValueError(
+      f"config.data.label_space must be one of {LABEL_SPACES}; got {name!r}. Use cityscapes19 "
+      "for GTA5 -> Cityscapes and synthia16 for SYNTHIA -> Cityscapes.")
+
+
+def label_space_for(config) -> LabelSpace:
+  """The config's label space, checked against the model's number of outputs."""
+  space = get_label_space(config.data.label_space)
+  if config.model.num_classes != space.num_classes:
     raise ValueError(
-        f"Unknown label space {name!r}; expected one of {sorted(_LABEL_SPACES)}.")
-  return _LABEL_SPACES[name]
+        f"config.model.num_classes is {config.model.num_classes} but config.data.label_space "
+        f"{space.name!r} has {space.num_classes} classes. Set --config.model.num_classes="
+        f"{space.num_classes} or choose the matching label space.")
+  return space
+
+
+def conversion_lut(stored: str, wanted: str) -> np.ndarray | None:
+  """The LUT that maps labels stored in label space `stored` into `wanted` (None: the same).
+
+  The only conversion needed is 19 -> 16 (terrain/truck/train -> ignore), for a SYNTHIA-trained
+  model read on Cityscapes labels.
+  """
+  if stored == wanted:
+    return None
+  if (stored, wanted) == ("cityscapes19", "synthia16"):
+    return TRAIN19_TO_TRAIN16
+  raise ValueError(f"labels stored as {stored!r} cannot be read as {wanted!r}; expected one of "
+                   f"{LABEL_SPACES} with a conversion 'cityscapes19' -> 'synthia16'.")
 
 
 def colorize(train_ids: np.ndarray,

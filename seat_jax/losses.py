@@ -3,7 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-IGNORE_LABEL = 255
+from seat_jax import labels as label_tables
+
 # AdaptSegNet's domain labels for the discriminator: source 0, target 1.
 SOURCE_DOMAIN_LABEL = 0.0
 TARGET_DOMAIN_LABEL = 1.0
@@ -17,7 +18,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.int32)
-  valid = labels != IGNORE_LABEL
+  valid = labels != label_tables.IGNORE_ID
   safe_labels = jnp.where(valid, labels, 0)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]

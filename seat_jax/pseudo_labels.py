@@ -1,4 +1,6 @@
-"""Stage-2 pseudo-labels from a stage-1 model (SPEC section 6, REFERENCE 6).
+"""Stage-2 pseudo-labels from a stage-1 model: the threshold rules and the pseudo_labels mode.
+
+SPEC section 6, REFERENCE 6.
 
 The model (target norm, the configured layer switch) labels every image of the target TRAIN split
 at model size; a pixel keeps its argmax where the confidence (max softmax probability) reaches a
@@ -15,21 +17,22 @@ take gigabytes (2975 x 512 x 1024 floats for Cityscapes), so confidences are qua
 predictions and thresholds them. With quantised confidences the rule is exact, not approximate.
 """
 
-import functools
 import json
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
 from seat_jax import checkpointing
-from seat_jax import evaluate
 from seat_jax import input_pipeline
 from seat_jax import labels
 from seat_jax import models
+from seat_jax import predict
+from seat_jax import progress
+from seat_jax import reports
 
 RULES = ("global", "class_quantile")
 CONFIDENCE_LEVELS = 65536  # confidences are stored as round(p * 65535) in the histogram
@@ -133,49 +136,6 @@ class ConfidenceHistogram:
 
 
 # --------------------------------------------------------------------------------------------
-# The model side.
-# --------------------------------------------------------------------------------------------
-
-
-def make_confidence_fn(model: Any, source_stages: Sequence[int] = ()) -> Callable[..., Any]:
-  """Jitted fn(variables, image [1, h, w, 3], out_hw) -> (uint8 argmax, float32 max prob).
-
-  The main head's softmax is upsampled to `out_hw` (static; the model input size here).
-  """
-  source_stages = tuple(int(s) for s in source_stages)
-
-  @functools.partial(jax.jit, static_argnames=("out_hw",))
-  def confidence_fn(variables, image, out_hw):
-    _, main_logits = model.apply(
-        variables, image, domain="target", train=False, source_stages=source_stages)
-    probs = jax.nn.softmax(main_logits.astype(jnp.float32), axis=-1)
-    probs = models.resize_bilinear(probs, out_hw)
-    return jnp.argmax(probs, axis=-1).astype(jnp.uint8), jnp.max(probs, axis=-1)
-
-  return confidence_fn
-
-
-def predict_split(confidence_fn: Callable[..., Any], variables: Any,
-                  examples: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict, np.ndarray,
-                                                                        np.ndarray]]:
-  """Yields (id, example, prediction [h, w], confidence [h, w]) at the model input size."""
-  pending = None
-  for index, example in enumerate(examples):
-    image = jnp.asarray(example["image"], jnp.float32)
-    outputs = confidence_fn(variables, image, out_hw=tuple(image.shape[1:3]))
-    if pending is not None:
-      yield _fetch(*pending)
-    pending = (index, example, outputs)
-  if pending is not None:
-    yield _fetch(*pending)
-
-
-def _fetch(index: int, example: dict[str, Any], outputs: Any):
-  prediction, confidence = (np.asarray(x)[0] for x in outputs)
-  return evaluate.example_id_of(example, index), example, prediction, confidence
-
-
-# --------------------------------------------------------------------------------------------
 # generate: the pseudo_labels mode.
 # --------------------------------------------------------------------------------------------
 
@@ -184,7 +144,7 @@ def output_dir(config: ml_collections.ConfigDict, workdir) -> epath.Path:
   return epath.Path(config.pseudo.output_dir or epath.Path(workdir) / "pseudo_labels")
 
 
-def _summary(space: evaluate.LabelSpace, thresholds: np.ndarray, predicted: np.ndarray,
+def _summary(space: labels.LabelSpace, thresholds: np.ndarray, predicted: np.ndarray,
              kept: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
   classes = []
   for c, name in enumerate(space.classes):
@@ -197,49 +157,22 @@ def _summary(space: evaluate.LabelSpace, thresholds: np.ndarray, predicted: np.n
               kept_fraction=float(kept.sum() / total) if total else None)
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-  rule = summary["rule"]
-  if rule == "global":
-    rule_text = f"global, threshold {summary['threshold']}"
-  else:
-    rule_text = f"class_quantile, quantile {summary['quantile']}, cap {summary['cap']}"
-  lines = [
-      "# Pseudo-labels", "",
-      f"- checkpoint: `{summary['checkpoint']}` step {summary['step']}",
-      f"- split: {summary['split']} ({summary['num_images']} images at "
-      f"{tuple(summary['size_hw'])} H x W), source_stages {tuple(summary['source_stages'])}",
-      f"- rule: {rule_text}",
-      f"- kept: {summary['kept_pixels']} of {summary['total_pixels']} pixels "
-      f"({_fraction(summary['kept_fraction'])})", "",
-      "| id | class | threshold | predicted px | kept px | kept / predicted |",
-      "|---:|---|---:|---:|---:|---:|"]
-  for row in summary["classes"]:
-    lines.append(f"| {row['id']} | {row['class']} | {row['threshold']:.4f} | "
-                 f"{row['predicted_pixels']} | {row['kept_pixels']} | "
-                 f"{_fraction(row['kept_fraction_of_predicted'])} |")
-  return "\n".join(lines) + "\n"
-
-
-def _fraction(value: float | None) -> str:
-  return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   """Writes <output_dir>/<id>.png (uint8 train ids, 255 = ignore) for the target train split.
 
   Also previews/<id>.png (input | pseudo-label) for the first config.eval.num_panels images and
   summary.md / summary.json (kept pixels per class, thresholds). Returns the summary.
   """
-  space = evaluate.label_space_for(config)
+  space = labels.label_space_for(config)
   rule = config.pseudo.rule
   if rule not in RULES:
     raise ValueError(f"config.pseudo.rule must be one of {RULES}; got {rule!r}.")
-  directory = evaluate.checkpoint_dir(config, workdir)
-  step = evaluate.steps_to_evaluate(directory, config.eval.step)[-1]
+  directory, steps = checkpointing.find_steps(config.eval.checkpoint or workdir, config.eval.step)
+  step = steps[-1]
   model = models.build_segmenter(config.model)
   variables = checkpointing.restore_model(
-      directory, evaluate.abstract_variables(model, config), step)
-  confidence_fn = make_confidence_fn(model, config.eval.source_stages)
+      directory, checkpointing.abstract_variables(model), step)
+  confidence_fn = predict.make_predict_fn(model, config.eval.source_stages, output="confidence")
   split_config = config.data.target
   total = input_pipeline.num_eval_examples(config, split_config)
   split_name = f"{split_config.name}/{split_config.split}"
@@ -247,18 +180,21 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   is_writer_host = jax.process_index() == 0
 
   def split_predictions(what: str):
-    meter = evaluate.Progress(what, total, enabled=is_writer_host)
+    """(index, example id, example, prediction, confidence) at the model input size."""
+    meter = progress.Progress(what, total, unit="images", every_secs=5.0, enabled=is_writer_host)
+    meter(0)
     examples = input_pipeline.create_eval_iterator(config, split_config)
-    for item in predict_split(confidence_fn, variables, examples):
-      yield item
-      meter.update()
-    meter.done()
+    input_hw = lambda example: np.shape(example["image"])[1:3]
+    for index, example, (prediction, confidence) in predict.predict_split(
+        confidence_fn, variables, examples, input_hw):
+      yield index, predict.example_id(example, index), example, prediction, confidence
+      meter(index + 1)
 
   print(f"Pseudo-labels for {split_name} from {directory} step {step} ({rule} rule) -> {out}",
         flush=True)
   if rule == "class_quantile":
     histogram = ConfidenceHistogram(space.num_classes)
-    for _, _, prediction, confidence in split_predictions("pseudo-labels pass 1/2 (thresholds)"):
+    for _, _, _, prediction, confidence in split_predictions("pseudo-labels pass 1/2"):
       histogram.update(confidence, prediction)
     thresholds = histogram.thresholds(config.pseudo.quantile, config.pseudo.cap)
     rule_confidence = quantize_confidence  # the thresholds were found on quantised values
@@ -272,7 +208,7 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   kept = np.zeros(space.num_classes, np.int64)
   count = 0
   size_hw = None
-  for index, (example_id, example, prediction, confidence) in enumerate(split_predictions(what)):
+  for index, example_id, example, prediction, confidence in split_predictions(what):
     pseudo = apply_class_thresholds(rule_confidence(confidence), prediction, thresholds)
     predicted += np.bincount(prediction.reshape(-1), minlength=space.num_classes)[
         :space.num_classes]
@@ -282,15 +218,10 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
     size_hw = prediction.shape
     if not is_writer_host:
       continue
-    evaluate.write_png(out / f"{example_id}.png", pseudo)
+    reports.write_png(out / f"{example_id}.png", pseudo)
     if index < config.eval.num_panels:
-      tiles = []
-      if "raw_image" in example:
-        tiles.append((np.asarray(example["raw_image"])[0].astype(np.uint8), False))
-      tiles.append((labels.colorize(pseudo, space.palette), True))
-      evaluate.write_png(
-          out / "previews" / f"{evaluate.safe_file_stem(example_id)}.png",
-          evaluate.make_panel(tiles))
+      reports.write_png(out / "previews" / f"{reports.safe_file_stem(example_id)}.png",
+                        reports.labelled_panel(example, [pseudo], space))
   if count == 0:
     raise ValueError(f"No examples in {split_name}; check config.data.target.")
 
@@ -301,7 +232,8 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
       "cap": float(config.pseudo.cap), "label_space": space.name}
   summary = _summary(space, thresholds, predicted, kept, meta)
   if is_writer_host:
+    markdown = reports.pseudo_label_summary_markdown(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(summary_markdown(summary))
-    print(summary_markdown(summary), flush=True)
+    (out / "summary.md").write_text(markdown)
+    print(markdown, flush=True)
   return summary

@@ -27,8 +27,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """A TFDS data_dir holding both `synthetic_streets` domains, built once per test worker."""
-  from seat_jax import prepare_data  # pylint: disable=g-import-not-at-top
+  from seat_jax import datasets  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path_factory.mktemp("tfds")
   for domain in ("source", "target"):
-    prepare_data.prepare("synthetic_streets", str(data_dir), builder_config=domain)
+    datasets.prepare("synthetic_streets", str(data_dir), builder_config=domain)
   return str(data_dir)

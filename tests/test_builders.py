@@ -1,6 +1,6 @@
 """GTA5, SYNTHIA and Cityscapes builders on tiny fake copies of the real layouts and formats.
 
-Each dataset is built once per module into a tmp dir with `seat_jax.prepare_data.prepare` and
+Each dataset is built once per module into a tmp dir with `seat_jax.datasets.prepare` and
 read back with `tfds.data_source`; the expected train ids come from hand-written id tables,
 not from seat_jax.labels.
 """
@@ -13,11 +13,12 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-import data_builders
+from data_builders import common
 from data_builders.cityscapes import make_fake_data as fake_cityscapes
 from data_builders.gta5 import make_fake_data as fake_gta5
 from data_builders.synthia import make_fake_data as fake_synthia
 from data_builders.synthia import synthia_dataset_builder
+from seat_jax import datasets
 from seat_jax import prepare_data
 
 # Hand-written expectations for the ids the fake data uses (REFERENCE 4.1).
@@ -45,7 +46,7 @@ def gta5(tmp_path_factory):
   written = fake_gta5.make_fake_data(root / "manual")
   data_dir = root / "data"
   for config in ("original", "translated"):
-    prepare_data.prepare("gta5", str(data_dir), str(root / "manual"), config)
+    datasets.prepare("gta5", str(data_dir), str(root / "manual"), config)
   return root, data_dir, written
 
 
@@ -67,18 +68,35 @@ def test_gta5_counts_ids_and_train_ids(gta5):
 
 def test_gta5_size_mismatch_is_skipped_and_reported(gta5, capsys):
   _, data_dir, written = gta5
-  builder = prepare_data.get_builder("gta5", str(data_dir), "original")  # reloaded from disk
+  builder = datasets.get_builder("gta5", str(data_dir), "original")  # reloaded from disk
   skipped = builder.info.metadata["skipped"]["train"]
   assert [s["id"] for s in skipped] == written["mismatched"] == ["00004"]
   assert skipped[0]["image_size_wh"] == [16, 8] and skipped[0]["label_size_wh"] == [16, 9]
   assert (builder.data_path / "metadata.json").exists()
-  report = prepare_data.summary(builder)
+  report = datasets.summary(builder)
   assert "train: 3 examples" in report and "skipped 1 pairs" in report and "00004" in report
+
+
+def test_gta5_label_ids_outside_the_table_are_counted_per_file(gta5):
+  _, data_dir, written = gta5
+  builder = datasets.get_builder("gta5", str(data_dir), "original")
+  files = builder.info.metadata["unknown_label_ids"]["train"]
+  reported = {f["id"]: f["pixels_by_id"] for f in files}
+  expected = {}
+  for index, example_id in enumerate(written["ids"][:3]):
+    raw = fake_gta5.fake_label_ids(index, (8, 16))
+    values, counts = np.unique(raw[raw > 33], return_counts=True)  # Cityscapes labelIds: 0..33
+    if values.size:
+      expected[example_id] = {str(v): int(n) for v, n in zip(values, counts)}
+  assert expected and reported == expected
+  report = datasets.summary(builder)
+  assert "hold ids outside the dataset's table" in report
+  assert f"00001: id 34: {expected['00001']['34']} px" in report
 
 
 def test_gta5_translated_uses_other_image_folder(gta5):
   _, data_dir, _ = gta5
-  builder = prepare_data.get_builder("gta5", str(data_dir), "translated")
+  builder = datasets.get_builder("gta5", str(data_dir), "translated")
   source = builder.as_data_source("train")
   assert len(source) == 3
   example = _by_id(source)["00002"]
@@ -95,38 +113,38 @@ def _copy_manual(gta5, tmp_path) -> epath.Path:
 
 
 def test_gta5_missing_manual_dir_names_source(tmp_path):
-  with pytest.raises(data_builders.DataError,
+  with pytest.raises(common.DataError,
                      match=r"(?s)manual directory is missing.*download\.visinf\.tu-darmstadt\.de"
                            r".*images/.*labels/"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(tmp_path / "nowhere"))
+    datasets.prepare("gta5", str(tmp_path / "data"), str(tmp_path / "nowhere"))
 
 
 def test_gta5_wrong_layout_names_expected_paths(gta5, tmp_path):
   manual = _copy_manual(gta5, tmp_path)
   shutil.rmtree(manual / "labels")
-  with pytest.raises(data_builders.DataError, match=r"(?s)wrong layout.*missing .*labels"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+  with pytest.raises(common.DataError, match=r"(?s)wrong layout.*missing .*labels"):
+    datasets.prepare("gta5", str(tmp_path / "data"), str(manual))
 
 
 def test_gta5_data_one_level_down_gets_a_hint(gta5, tmp_path):
   outer = tmp_path / "outer"
   shutil.copytree(gta5[0] / "manual", outer / "GTA5")
-  with pytest.raises(data_builders.DataError, match=r"try --manual_dir=.*outer/GTA5"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(outer))
+  with pytest.raises(common.DataError, match=r"try --manual_dir=.*outer/GTA5"):
+    datasets.prepare("gta5", str(tmp_path / "data"), str(outer))
 
 
 def test_gta5_unmatched_files_are_an_error(gta5, tmp_path):
   manual = _copy_manual(gta5, tmp_path)
   (manual / "labels" / "00002.png").unlink()
-  with pytest.raises(data_builders.DataError, match=r"1 images in .* have no label.*00002\.png"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+  with pytest.raises(common.DataError, match=r"1 images in .* have no label.*00002\.png"):
+    datasets.prepare("gta5", str(tmp_path / "data"), str(manual))
 
 
 def test_gta5_corrupt_label_names_the_file(gta5, tmp_path):
   manual = _copy_manual(gta5, tmp_path)
   (manual / "labels" / "00002.png").write_bytes(b"not a png at all")
-  with pytest.raises(data_builders.DataError, match=r"Cannot read .*labels/00002\.png"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+  with pytest.raises(common.DataError, match=r"Cannot read .*labels/00002\.png"):
+    datasets.prepare("gta5", str(tmp_path / "data"), str(manual))
 
 
 def test_gta5_truncated_image_names_the_file(gta5, tmp_path):
@@ -134,15 +152,15 @@ def test_gta5_truncated_image_names_the_file(gta5, tmp_path):
   path = manual / "images" / "00003.png"
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])  # header intact, pixel data cut
-  with pytest.raises(data_builders.DataError, match=r"Cannot read .*images/00003\.png"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+  with pytest.raises(common.DataError, match=r"Cannot read .*images/00003\.png"):
+    datasets.prepare("gta5", str(tmp_path / "data"), str(manual))
 
 
 def test_gta5_colour_label_is_refused(gta5, tmp_path):
   manual = _copy_manual(gta5, tmp_path)
   Image.new("RGB", (16, 8)).save(manual / "labels" / "00001.png")
-  with pytest.raises(data_builders.DataError, match=r"00001\.png: expected a single-channel"):
-    prepare_data.prepare("gta5", str(tmp_path / "data"), str(manual))
+  with pytest.raises(common.DataError, match=r"00001\.png: expected a single-channel"):
+    datasets.prepare("gta5", str(tmp_path / "data"), str(manual))
 
 
 def test_cli_prints_counts_and_skipped_report(gta5, tmp_path, capsys):
@@ -162,14 +180,14 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
 
 def test_get_builder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"python -m seat_jax.prepare_data synthia "
-                                              r"--manual_dir=DIR"):
-    prepare_data.get_builder("synthia", str(tmp_path))
+                                              r"--manual_dir=<folder with the raw synthia files>"):
+    datasets.get_builder("synthia", str(tmp_path))
   with pytest.raises(ValueError, match=r"expected one of \['original', 'translated'\]"):
-    prepare_data.get_builder("gta5", str(tmp_path), "cyclegan")
+    datasets.get_builder("gta5", str(tmp_path), "cyclegan")
   with pytest.raises(ValueError, match="has no builder configs"):
-    prepare_data.get_builder("cityscapes", str(tmp_path), "fine")
+    datasets.get_builder("cityscapes", str(tmp_path), "fine")
   with pytest.raises(ValueError, match="Unknown dataset 'kitti'"):
-    prepare_data.get_builder("kitti", str(tmp_path))
+    datasets.get_builder("kitti", str(tmp_path))
 
 
 # --------------------------------------------------------------------------------- SYNTHIA
@@ -180,7 +198,7 @@ def synthia(tmp_path_factory):
   root = tmp_path_factory.mktemp("synthia")
   ids = fake_synthia.make_fake_data(root / "manual")
   data_dir = root / "data"
-  prepare_data.prepare("synthia", str(data_dir), str(root / "manual"))
+  datasets.prepare("synthia", str(data_dir), str(root / "manual"))
   return root, data_dir, ids
 
 
@@ -197,6 +215,20 @@ def test_synthia_counts_and_16_class_ids(synthia):
   # then void, parking-slot, terrain, lanemarking and an id > 255, all ignored.
   assert examples["0000000"]["label"][0, :13, 0].tolist() == [
       0, 1, 2, 3, 10, 12, 15, 9, 255, 255, 255, 255, 255]
+
+
+def test_synthia_raw_ids_outside_the_table_are_counted(synthia):
+  _, data_dir, ids = synthia
+  builder = datasets.get_builder("synthia", str(data_dir))
+  files = builder.info.metadata["unknown_label_ids"]["train"]
+  reported = {f["id"]: f["pixels_by_id"] for f in files}
+  expected = {}
+  for index, example_id in enumerate(ids):
+    raw = fake_synthia.fake_raw_labels(index, (8, 16))[..., 0]
+    values, counts = np.unique(raw[raw > 22], return_counts=True)  # SYNTHIA raw ids: 0..22
+    if values.size:
+      expected[example_id] = {str(v): int(n) for v, n in zip(values, counts)}
+  assert expected and reported == expected
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -217,17 +249,17 @@ def test_synthia_refuses_labels_that_are_not_16bit_multichannel(synthia, tmp_pat
   manual = tmp_path / "manual"
   shutil.copytree(synthia[0] / "manual", manual)
   Image.new(mode, (16, 8)).save(manual / "GT" / "LABELS" / "0000001.png")
-  with pytest.raises(data_builders.DataError,
+  with pytest.raises(common.DataError,
                      match=rf"(?s)0000001\.png: expected a SYNTHIA label, a 16-bit multi-channel"
                            rf".*found: {found} PNG"):
-    prepare_data.prepare("synthia", str(tmp_path / "data"), str(manual))
+    datasets.prepare("synthia", str(tmp_path / "data"), str(manual))
 
 
 def test_synthia_wrong_layout(tmp_path):
   (tmp_path / "manual" / "RGB").mkdir(parents=True)
-  with pytest.raises(data_builders.DataError,
+  with pytest.raises(common.DataError,
                      match=r"(?s)missing .*GT/LABELS.*synthia-dataset\.net"):
-    prepare_data.prepare("synthia", str(tmp_path / "data"), str(tmp_path / "manual"))
+    datasets.prepare("synthia", str(tmp_path / "data"), str(tmp_path / "manual"))
 
 
 # ------------------------------------------------------------------------------ Cityscapes
@@ -238,13 +270,13 @@ def cityscapes(tmp_path_factory):
   root = tmp_path_factory.mktemp("cityscapes")
   written = fake_cityscapes.make_fake_data(root / "manual")
   data_dir = root / "data"
-  prepare_data.prepare("cityscapes", str(data_dir), str(root / "manual"))
+  datasets.prepare("cityscapes", str(data_dir), str(root / "manual"))
   return root, data_dir, written
 
 
 def test_cityscapes_splits_ids_and_train_ids(cityscapes):
   _, data_dir, written = cityscapes
-  builder = prepare_data.get_builder("cityscapes", str(data_dir))
+  builder = datasets.get_builder("cityscapes", str(data_dir))
   for split, folder in (("train", "train"), ("validation", "val")):
     source = builder.as_data_source(split)
     examples = _by_id(source)
@@ -270,6 +302,6 @@ def test_cityscapes_missing_val_folder(cityscapes, tmp_path):
   manual = tmp_path / "manual"
   shutil.copytree(cityscapes[0] / "manual", manual)
   shutil.rmtree(manual / "gtFine" / "val")
-  with pytest.raises(data_builders.DataError, match=r"(?s)missing .*gtFine/val.*leftImg8bit/"):
-    prepare_data.prepare("cityscapes", str(tmp_path / "data"), str(manual))
+  with pytest.raises(common.DataError, match=r"(?s)missing .*gtFine/val.*leftImg8bit/"):
+    datasets.prepare("cityscapes", str(tmp_path / "data"), str(manual))
 

@@ -1,6 +1,6 @@
 """PyTorch -> Flax weight import: logits must match an independent PyTorch model.
 
-The reference is `seat_jax.torch_reference` (written from the layer table, not from the Flax
+The reference is `tests/torch_reference.py` (written from the layer table, not from the Flax
 model) with random weights AND random BN affines/running statistics, so a converter that drops,
 swaps or mis-transposes any tensor changes the logits. Models are tiny except one full-depth
 ResNet-101 check at a small input (marked `slow`, still in the default run).
@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from seat_jax import checkpointing, config_defaults, convert, models  # noqa: E402
-from seat_jax import torch_reference as tref  # noqa: E402
+import torch_reference as tref  # noqa: E402
 
 TINY_STAGES = (1, 1, 2, 1)
 TINY_WIDTH = 8
@@ -101,8 +101,9 @@ def test_cli_converts_deeplab_checkpoint_and_logits_match(tmp_path, images):
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
       [sys.executable, "-m", "seat_jax.convert", f"--torch={pth}", f"--out={out_dir}",
-       f"--num_classes={NUM_CLASSES}", "--aspp_branches=4", "--norm_mode=seat",
-       "--stage_sizes=" + ",".join(map(str, TINY_STAGES)), f"--base_width={TINY_WIDTH}"],
+       "--config=configs/gta.py", f"--config.model.num_classes={NUM_CLASSES}",
+       "--config.model.aspp_branches=4", "--config.model.norm_mode=seat",
+       f"--config.model.stage_sizes={TINY_STAGES}", f"--config.model.base_width={TINY_WIDTH}"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert proc.returncode == 0, proc.stderr
   assert "format deeplab" in proc.stdout

@@ -1,5 +1,5 @@
-"""Tests of seat_jax/evaluate.py: metrics against loop references, the upsampling protocol, the
-layer switch, the written files, cityscapesscripts' own evaluator and eval mode over checkpoints."""
+"""Evaluation: metrics against loop references, the upsampling protocol of predict, the layer
+switch, the written reports, cityscapesscripts' own evaluator and eval mode over checkpoints."""
 
 import copy
 import csv
@@ -15,9 +15,14 @@ from PIL import Image
 
 from seat_jax import checkpointing
 from seat_jax import config_defaults
+from seat_jax import datasets
+from seat_jax import errors
 from seat_jax import evaluate
-from seat_jax import input_pipeline
+from seat_jax import labels
+from seat_jax import metrics
 from seat_jax import models
+from seat_jax import predict
+from seat_jax import reports
 
 # Cityscapes labelIds of the 19 train ids and of the 16 SYNTHIA classes (REFERENCE 4.1), written
 # out here so the mapping is checked against the table, not against itself.
@@ -128,19 +133,19 @@ def test_confusion_and_iou_match_a_loop_reference_with_ignore_and_an_absent_clas
   num_classes = 6
   gt = rng.choice([0, 1, 2, 3, 5, 255], size=(2, 30, 40))  # class 4 never in the ground truth
   pred = rng.choice([0, 1, 2, 3, 5], size=(2, 30, 40))  # ... nor predicted
-  conf = evaluate.confusion_matrix(gt, pred, num_classes)
+  conf = metrics.confusion_matrix(gt, pred, num_classes)
   valid = gt != 255
   for i in range(num_classes):
     for j in range(num_classes):
       assert conf[i, j] == np.sum(valid & (gt == i) & (pred == j))
-  ious = evaluate.iou_per_class(conf)
+  ious = metrics.iou_per_class(conf)
   expected = loop_iou(gt, pred, num_classes)
   np.testing.assert_allclose(ious, expected, rtol=1e-12)
   assert np.isnan(ious[4]) and np.isfinite(ious[[0, 1, 2, 3, 5]]).all()
-  assert evaluate.mean_iou(ious) == pytest.approx(np.mean(expected[[0, 1, 2, 3, 5]]), rel=1e-12)
+  assert metrics.mean_iou(ious) == pytest.approx(np.mean(expected[[0, 1, 2, 3, 5]]), rel=1e-12)
 
   # Summed over images (one matrix per split), not averaged per image.
-  accumulator = evaluate.ConfusionAccumulator(num_classes)
+  accumulator = metrics.ConfusionAccumulator(num_classes)
   accumulator.update(gt[0], pred[0])
   accumulator.update(gt[1], pred[1])
   np.testing.assert_array_equal(accumulator.matrix, conf)
@@ -151,42 +156,42 @@ def test_confusion_and_iou_match_a_loop_reference_with_ignore_and_an_absent_clas
 
 def test_confusion_matrix_rejects_mismatched_shapes_and_out_of_range_predictions():
   with pytest.raises(ValueError, match="upsampled to the label's resolution"):
-    evaluate.confusion_matrix(np.zeros((4, 4)), np.zeros((2, 2)), 3)
+    metrics.confusion_matrix(np.zeros((4, 4)), np.zeros((2, 2)), 3)
   with pytest.raises(ValueError, match=r"predictions must lie in \[0, 3\)"):
-    evaluate.confusion_matrix(np.zeros((2, 2)), np.full((2, 2), 3), 3)
+    metrics.confusion_matrix(np.zeros((2, 2)), np.full((2, 2), 3), 3)
   # An out-of-range prediction on an ignored pixel is harmless.
-  conf = evaluate.confusion_matrix(np.array([255, 1]), np.array([7, 1]), 3)
+  conf = metrics.confusion_matrix(np.array([255, 1]), np.array([7, 1]), 3)
   assert conf.sum() == 1 and conf[1, 1] == 1
 
 
 def test_mean_iou_subsets_for_synthia16_and_cityscapes19():
   ious = np.linspace(0.1, 0.85, 16)
   ious[7] = np.nan  # a 13-class member absent from the split
-  space16 = evaluate.get_label_space("synthia16")
-  metrics = evaluate.summary_metrics(ious, space16)
+  space16 = labels.get_label_space("synthia16")
+  means = metrics.summary_metrics(ious, space16)
   thirteen = [0, 1, 2, 6, 8, 9, 10, 11, 12, 13, 14, 15]  # the 13 classes minus the absent 7
-  assert list(metrics) == ["mIoU16", "mIoU13"]
-  assert metrics["mIoU13"] == pytest.approx(sum(ious[thirteen]) / 12)
-  assert metrics["mIoU16"] == pytest.approx(sum(ious[[i for i in range(16) if i != 7]]) / 15)
-  assert evaluate.mean_iou(np.full(3, np.nan)) != evaluate.mean_iou(np.full(3, np.nan))  # NaN
+  assert list(means) == ["mIoU16", "mIoU13"]
+  assert means["mIoU13"] == pytest.approx(sum(ious[thirteen]) / 12)
+  assert means["mIoU16"] == pytest.approx(sum(ious[[i for i in range(16) if i != 7]]) / 15)
+  assert metrics.mean_iou(np.full(3, np.nan)) != metrics.mean_iou(np.full(3, np.nan))  # NaN
 
-  space19 = evaluate.get_label_space("cityscapes19")
-  assert list(evaluate.summary_metrics(np.ones(19), space19)) == ["mIoU19"]
+  space19 = labels.get_label_space("cityscapes19")
+  assert list(metrics.summary_metrics(np.ones(19), space19)) == ["mIoU19"]
   config = tiny_config()
   config.data.label_space = "synthia16"
   with pytest.raises(ValueError, match="num_classes is 19 but .*'synthia16' has 16"):
-    evaluate.label_space_for(config)
+    labels.label_space_for(config)
   with pytest.raises(ValueError, match="label_space must be one of"):
-    evaluate.get_label_space("gta19")
+    labels.get_label_space("gta19")
 
 
 def test_predictions_are_written_as_cityscapes_label_ids():
-  space19 = evaluate.get_label_space("cityscapes19")
+  space19 = labels.get_label_space("cityscapes19")
   np.testing.assert_array_equal(
-      evaluate.to_label_id_image(np.arange(19, dtype=np.uint8), space19), CITYSCAPES_LABEL_IDS)
-  space16 = evaluate.get_label_space("synthia16")
+      reports.to_label_id_image(np.arange(19, dtype=np.uint8), space19), CITYSCAPES_LABEL_IDS)
+  space16 = labels.get_label_space("synthia16")
   np.testing.assert_array_equal(
-      evaluate.to_label_id_image(np.arange(16, dtype=np.uint8), space16), SYNTHIA16_LABEL_IDS)
+      reports.to_label_id_image(np.arange(16, dtype=np.uint8), space16), SYNTHIA16_LABEL_IDS)
   assert len(space16.classes) == 16 and "terrain" not in space16.classes
 
 
@@ -198,8 +203,8 @@ def test_prediction_is_upsampled_logits_argmax_at_the_label_resolution():
   model = ProjectionModel()
   variables = projection_variables(seed=1)
   image = random_image(np.random.default_rng(2))
-  predict = evaluate.make_predict_fn(model, source_stages=(3, 4))
-  prediction = np.asarray(predict(variables, image, label_hw=LABEL_HW))
+  predict_fn = predict.make_predict_fn(model, source_stages=(3, 4))
+  prediction = np.asarray(predict_fn(variables, image, out_hw=LABEL_HW))
   assert prediction.shape == (1, *LABEL_HW) and prediction.dtype == np.uint8
 
   _, logits = model.apply(variables, image)
@@ -235,12 +240,12 @@ def test_layer_switch_reaches_the_model(tiny_model, tiny_variables):
   variables = jax.tree_util.tree_map_with_path(
       lambda path, x: (x + 1.0 if "layer4" in jax.tree_util.keystr(path)
                        and path[-1].key == "source_mean" else x), tiny_variables)
-  target_only = np.asarray(evaluate.make_predict_fn(tiny_model, ())(
-      variables, image, label_hw=LABEL_HW))
-  switched = np.asarray(evaluate.make_predict_fn(tiny_model, (4,))(
-      variables, image, label_hw=LABEL_HW))
-  hand_built = np.asarray(evaluate.make_predict_fn(tiny_model, ())(
-      with_source_norm_copied_into_target(variables, "layer4"), image, label_hw=LABEL_HW))
+  target_only = np.asarray(predict.make_predict_fn(tiny_model, ())(
+      variables, image, out_hw=LABEL_HW))
+  switched = np.asarray(predict.make_predict_fn(tiny_model, (4,))(
+      variables, image, out_hw=LABEL_HW))
+  hand_built = np.asarray(predict.make_predict_fn(tiny_model, ())(
+      with_source_norm_copied_into_target(variables, "layer4"), image, out_hw=LABEL_HW))
   assert (target_only != switched).mean() > 0.05
   np.testing.assert_array_equal(switched, hand_built)
 
@@ -274,8 +279,8 @@ def test_evaluate_writes_tables_panels_label_id_pngs_and_scalars(tiny_model, tin
   assert result["dir"] == str(run_dir) and result["num_images"] == 2
 
   # The figures equal an independent computation on the same predictions.
-  predict = evaluate.make_predict_fn(tiny_model, ())
-  predictions = [np.asarray(predict(tiny_variables, e["image"], label_hw=LABEL_HW))[0]
+  predict_fn = predict.make_predict_fn(tiny_model, ())
+  predictions = [np.asarray(predict_fn(tiny_variables, e["image"], out_hw=LABEL_HW))[0]
                  for e in examples]
   gts = np.stack([e["label"][0] for e in examples])
   expected = loop_iou(gts, np.stack(predictions), 19)
@@ -350,7 +355,7 @@ def test_label_id_pngs_score_the_same_with_cityscapesscripts(tmp_path, monkeypat
   scores = cs_eval.evaluateImgLists(prediction_files, gt_files, args)
 
   assert scores["averageScoreClasses"] == pytest.approx(result["miou"], rel=1e-9)
-  space = evaluate.get_label_space("cityscapes19")
+  space = labels.get_label_space("cityscapes19")
   for train_id, label_id in enumerate(space.cityscapes_label_ids):
     theirs = scores["classScores"][cs_labels.id2label[int(label_id)].name]
     assert theirs == pytest.approx(result["iou"][train_id], rel=1e-9, nan_ok=True)
@@ -382,7 +387,7 @@ def test_evaluate_checkpoints_reports_final_and_best_on_val(tiny_model, tiny_var
     label[:5] = 255
     stored.append({"image": rng.integers(0, 256, (*LABEL_HW, 3), dtype=np.uint8),
                    "label": label, "id": f"val_{k}"})
-  monkeypatch.setattr(input_pipeline, "open_data_source", lambda *args, **kwargs: stored)
+  monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: stored)
 
   config = tiny_config(num_panels=0, write_predictions=False)
   result = evaluate.evaluate_checkpoints(config, tmp_path / "work")
@@ -400,3 +405,24 @@ def test_evaluate_checkpoints_reports_final_and_best_on_val(tiny_model, tiny_var
   config.eval.step = 15
   with pytest.raises(FileNotFoundError, match=r"eval.step=15 is not saved .* \[10, 20\]"):
     evaluate.evaluate_checkpoints(config, tmp_path / "work")
+
+
+def test_eval_checkpoint_may_name_a_workdir_a_checkpoints_folder_or_a_step_folder(
+    tiny_model, tiny_variables, tmp_path, monkeypatch):
+  checkpoints = tmp_path / "run" / "checkpoints"
+  checkpointing.save_variables(checkpoints, forced_class_variables(tiny_variables, 0), {}, 10)
+  checkpointing.save_variables(checkpoints, forced_class_variables(tiny_variables, 1), {}, 20)
+  stored = [{"image": np.zeros((*LABEL_HW, 3), np.uint8), "id": "val_0",
+             "label": np.zeros((*LABEL_HW, 1), np.uint8)}]
+  monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: stored)
+  config = tiny_config(num_panels=0, write_predictions=False)
+  for where, steps in ((tmp_path / "run", [10, 20]), (checkpoints, [10, 20]),
+                       (checkpoints / "10", [10])):
+    config.eval.checkpoint = str(where)
+    result = evaluate.evaluate_checkpoints(config, tmp_path / f"eval_{len(steps)}")
+    assert [r["step"] for r in result["results"]] == steps, where
+  assert result["best"]["miou"] == 1.0  # step 10 predicts road, the ground truth
+
+  config.eval.step = 20
+  with pytest.raises(errors.UsageError, match="folder of step 10 but config.eval.step=20"):
+    evaluate.evaluate_checkpoints(config, tmp_path / "eval")

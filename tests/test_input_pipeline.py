@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from seat_jax import config_defaults
+from seat_jax import datasets
 from seat_jax import fda
 from seat_jax import input_pipeline as ip
 
@@ -381,11 +382,11 @@ def test_unprepared_gta5_through_the_real_get_builder(tmp_path):
   config = _config()
   config.data.data_dir = str(tmp_path)  # empty: nothing prepared here
   config.data.source.update(name="gta5", builder_config="original")
-  with pytest.raises(ip.DatasetNotPreparedError) as error:
+  with pytest.raises(datasets.DatasetNotPreparedError) as error:
     ip.create_train_iterator(config, "source", seed=0)
   message = str(error.value)
   assert "'gta5'" in message and str(tmp_path) in message
   assert (f"python -m seat_jax.prepare_data gta5 --builder_config=original "
           f"--manual_dir=<folder with the raw gta5 files> --data_dir={tmp_path}") in message
-  assert ip.prepare_command("synthetic_streets", "target", "/d") == (
+  assert datasets.prepare_command("synthetic_streets", "target", "/d") == (
       "python -m seat_jax.prepare_data synthetic_streets --builder_config=target --data_dir=/d")

@@ -75,8 +75,8 @@ def test_colorize_paints_ids_and_blacks_out_ignore_and_unknown():
 
 
 def test_label_space_classes():
-  names, palette = labels.label_space_classes("synthia16")
-  assert names == labels.SYNTHIA16_CLASSES and palette.shape == (16, 3)
-  assert labels.label_space_classes("cityscapes19")[0] == labels.CITYSCAPES_CLASSES
+  space = labels.get_label_space("synthia16")
+  assert space.classes == labels.SYNTHIA16_CLASSES and space.palette.shape == (16, 3)
+  assert labels.get_label_space("cityscapes19").classes == labels.CITYSCAPES_CLASSES
   with pytest.raises(ValueError, match="cityscapes19"):
-    labels.label_space_classes("pascal")
+    labels.get_label_space("pascal")

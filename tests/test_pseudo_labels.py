@@ -1,5 +1,5 @@
-"""Tests of seat_jax/pseudo_labels.py: the rules on hand-made maps, the streaming histogram, the
-model side (softmax upsampled to the input size, layer switch) and generate() end to end."""
+"""Pseudo-labels: the rules on hand-made maps, the streaming histogram, the confidence side of
+predict (softmax upsampled to the input size, layer switch) and generate() end to end."""
 
 import json
 import math
@@ -13,8 +13,10 @@ from PIL import Image
 
 from seat_jax import checkpointing
 from seat_jax import config_defaults
+from seat_jax import datasets
 from seat_jax import input_pipeline
 from seat_jax import models
+from seat_jax import predict
 from seat_jax import pseudo_labels
 
 IGNORE = 255
@@ -121,7 +123,7 @@ def test_confidence_fn_upsamples_the_softmax_to_the_input_size():
   model = ProjectionModel()
   variables = {"w": rng.normal(size=(3, 19)).astype(np.float32) * 0.3}
   image = (rng.normal(size=(1, *MODEL_HW, 3)) * 50).astype(np.float32)
-  fn = pseudo_labels.make_confidence_fn(model, source_stages=(4,))
+  fn = predict.make_predict_fn(model, source_stages=(4,), output="confidence")
   prediction, confidence = (np.asarray(x) for x in fn(variables, image, out_hw=MODEL_HW))
   assert prediction.shape == confidence.shape == (1, *MODEL_HW)
   assert model.calls[0] == {"domain": "target", "train": False, "source_stages": (4,)}
@@ -203,12 +205,12 @@ def test_generate_writes_pseudo_labels_the_pipeline_reads(workdir_with_checkpoin
                                                           monkeypatch, rule):
   workdir, model, variables = workdir_with_checkpoint
   stored = stored_target_split()
-  monkeypatch.setattr(input_pipeline, "open_data_source", lambda *args, **kwargs: stored)
+  monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: stored)
   config = tiny_config(tmp_path, rule)
   summary = pseudo_labels.generate(config, workdir)
 
   # An independent run of the same model over the same stream, the rule applied by hand.
-  fn = pseudo_labels.make_confidence_fn(model, (4,))
+  fn = predict.make_predict_fn(model, (4,), output="confidence")
   outputs = [[np.asarray(x)[0] for x in fn(variables, e["image"], out_hw=MODEL_HW)]
              for e in input_pipeline.create_eval_iterator(config, config.data.target)]
   prediction = np.stack([p for p, _ in outputs])

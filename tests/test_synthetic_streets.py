@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_builders.synthetic_streets import synthetic_streets_dataset_builder as streets
-from seat_jax import prepare_data
+from seat_jax import datasets
 
 NUM_STATS = 100  # images per domain for the distribution checks (at the default 128x256)
 
@@ -81,7 +81,7 @@ def tiny_config():
 
 
 def test_build_and_read_back(tmp_path, tiny_config):
-  builder = prepare_data.get_builder("synthetic_streets", str(tmp_path), tiny_config)  # builds
+  builder = datasets.get_builder("synthetic_streets", str(tmp_path), tiny_config)  # builds
   assert builder.info.splits["train"].num_examples == 4
   assert builder.info.splits["validation"].num_examples == 2
   source = tfds.data_source("synthetic_streets/tiny_target", split="validation",

@@ -85,7 +85,7 @@ def test_init_from_a_checkpoint_of_another_model_names_the_difference(uninterrup
   config.init_from = str(workdir)
   trainer = train.build_trainer(config)
   with pytest.raises(ValueError, match=r"bn1/scale.*|holds a different model"):
-    train.initialise(trainer, tmp_path, iterators={})
+    train.initialise(trainer, tmp_path, data=None)
 
 
 def _run_cli(*args, env=None):
@@ -93,10 +93,20 @@ def _run_cli(*args, env=None):
                         capture_output=True, text=True, env=env, timeout=300)
 
 
+def _error_block(result):
+  """The stderr of a command stopped by a user's mistake: an `error:` block, no traceback."""
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr
+  return result.stderr[result.stderr.index("error: "):]
+
+
 def test_cli_rejects_an_unknown_config_key(tmp_path):
   result = _run_cli("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.model.bogus=1")
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert "bogus" in result.stderr
+  error = _error_block(result)
+  assert error.startswith("error: --config.model.bogus=1: config.model has no key 'bogus'")
+  assert "norm_mode" in error  # the keys that do exist there
 
 
 def test_cli_rejects_a_bad_choice_with_the_accepted_values(tmp_path):
@@ -104,11 +114,29 @@ def test_cli_rejects_a_bad_choice_with_the_accepted_values(tmp_path):
                     "--config.model.norm_mode=batch")
   assert result.returncode != 0
   assert "config.model.norm_mode='batch' is not one of ('shared', 'sat', 'seat')" in result.stderr
+  assert _error_block(result).startswith("error: Invalid config")
+
+
+def test_cli_user_mistakes_end_with_an_error_block_and_no_traceback(tmp_path):
+  missing_file = _run_cli("--config=configs/demo_typo.py", f"--workdir={tmp_path}")
+  assert "configs/demo_typo.py: no such file" in _error_block(missing_file)
+  assert "demo.py" in _error_block(missing_file)  # the presets that do exist
+
+  no_checkpoint = _run_cli("--config=configs/demo.py", f"--workdir={tmp_path}",
+                           "--config.mode=eval")
+  assert no_checkpoint.returncode == 1
+  assert _error_block(no_checkpoint).startswith(f"error: No checkpoint in {tmp_path}")
+
+  not_prepared = _run_cli("--config=configs/gta.py", f"--workdir={tmp_path / 'run'}",
+                          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.init_from=x")
+  error = _error_block(not_prepared)
+  assert error.startswith("error: dataset 'gta5' (builder_config 'translated') is not prepared")
+  assert "python -m seat_jax.prepare_data gta5 --builder_config=translated" in error
 
 
 _SHARDED_SCRIPT = r"""
 import jax, numpy as np
-from seat_jax import presets, train
+from seat_jax import presets, train, train_step
 config = presets.demo("seat")
 config.model.num_classes = 5
 config.train.batch_size = 4
@@ -121,7 +149,7 @@ for devices in (jax.devices()[:1], jax.devices()):
   trainer = train.build_trainer(config, devices=devices)
   state = train.create_state(trainer, 0)
   step = train.jit_train_step(trainer)
-  weights = jax.device_put(train.loss_weights(config), trainer.replicated)
+  weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
   global_batch = {k: jax.device_put(v, trainer.data_sharding) for k, v in batch.items()}
   state, metrics = step(state, global_batch, weights)
   state, metrics = step(state, global_batch, weights)

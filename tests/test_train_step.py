@@ -13,10 +13,13 @@ import numpy as np
 from seat_jax import optim
 from seat_jax import presets
 from seat_jax import train
+from seat_jax import train_step
 
 
-def _config(mode="multi_level_sum", adv_input="softmax"):
+def _config(mode="multi_level_sum", adv_input="softmax", target_labels=False):
   config = presets.demo("seat")
+  if target_labels:  # stage 2: the step is built with the target CE
+    config.data.target.pseudo_label_dir = "/pseudo_labels"
   config.model.num_classes = 5
   config.adv.mode = mode
   config.adv.input = adv_input
@@ -36,17 +39,17 @@ def _batch(seed=0, h=32, w=48, num_classes=5):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(mode, adv_input="softmax"):
+def _compiled(mode, adv_input="softmax", target_labels=False):
   """(initial state, jitted step, default weights) for one adversarial mode."""
-  config = _config(mode, adv_input)
+  config = _config(mode, adv_input, target_labels)
   trainer = train.build_trainer(config)
-  step = train.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
+  step = train_step.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
                                trainer.opts, optim.lr_schedules(config))
-  return train.create_state(trainer, 0), jax.jit(step), train.loss_weights(config)
+  return train.create_state(trainer, 0), jax.jit(step), train_step.loss_weights(config)
 
 
-def _run(mode="multi_level_sum", batch=None, adv_input="softmax", **weights):
-  state, step, default = _compiled(mode, adv_input)
+def _run(mode="multi_level_sum", batch=None, adv_input="softmax", target_labels=False, **weights):
+  state, step, default = _compiled(mode, adv_input, target_labels)
   w = {**default, **{k: jnp.float32(v) for k, v in weights.items()}}
   new_state, metrics = step(state, batch if batch is not None else _batch(), w)
   return state, new_state, metrics
@@ -124,8 +127,8 @@ def test_two_discriminators_with_entropy_input():
 def test_pseudo_labels_add_a_target_cross_entropy():
   batch = _batch()
   batch["target_label"] = batch["source_label"]
-  _, a, metrics = _run(batch=batch, target_ce_weight=1.0)
-  _, b, _ = _run(batch=batch, target_ce_weight=0.0)
+  _, a, metrics = _run(batch=batch, target_labels=True, target_ce_weight=1.0)
+  _, b, _ = _run(batch=batch, target_labels=True, target_ce_weight=0.0)
   assert float(metrics["target_seg_main"]) > 0
   assert any(jax.tree.leaves(_changed(a.params, b.params)))
 
@@ -133,7 +136,7 @@ def test_pseudo_labels_add_a_target_cross_entropy():
 def test_discriminator_input_fuses_softmax_maps():
   main = jnp.array([[[[0.0, 1.0]]]])
   aux = jnp.array([[[[2.0, 0.0]]]])
-  opts = train.StepOptions(adv_mode="multi_level_sum", adv_input="softmax")
-  got = train.discriminator_input("main", main, aux, opts, 0.05)
+  opts = train_step.StepOptions(adv_mode="multi_level_sum", adv_input="softmax")
+  got = train_step.discriminator_input("main", main, aux, opts, 0.05)
   expected = jax.nn.softmax(main) + 0.05 * jax.nn.softmax(aux)
   np.testing.assert_allclose(got, expected, rtol=1e-6)

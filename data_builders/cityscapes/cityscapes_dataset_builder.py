@@ -7,13 +7,13 @@ id is the file stem without its suffix, e.g. 'aachen_000000_000019', which is al
 stage-2 pseudo-labels are saved under. The 'test' split is not built: its labels are withheld.
 
 Named `cityscapes` like TFDS's own Cityscapes builder: importing this module registers ours
-under that name, so use `seat_jax.prepare_data.get_builder('cityscapes', ...)`, which imports it
+under that name, so use `seat_jax.datasets.get_builder('cityscapes', ...)`, which imports it
 first. (TFDS loads its own builder lazily, only when the name is not registered yet.)
 """
 
 import tensorflow_datasets as tfds
 
-import data_builders
+from data_builders import common
 from seat_jax import labels
 
 _SOURCE = ("https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip and "
@@ -33,9 +33,7 @@ _IMAGE_SUFFIX = "_leftImg8bit"
 _LABEL_SUFFIX = "_gtFine_labelIds"
 
 
-def _read_train_ids(label_path):
-  return data_builders.map_ids(data_builders.read_label_ids(label_path),
-                               labels.LABEL_ID_TO_TRAIN_ID)
+ID_TABLE = common.IdTable(labels.LABEL_ID_TO_TRAIN_ID, labels.KNOWN_CITYSCAPES_LABEL_IDS)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -49,22 +47,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return data_builders.segmentation_info(
+    return common.segmentation_info(
         self, __doc__,
         homepage="https://www.cityscapes-dataset.com",
         citation="Cordts et al. The Cityscapes Dataset for Semantic Urban Scene Understanding. "
                  "CVPR 2016.")
 
   def _split_generators(self, dl_manager):
-    root = data_builders.manual_dir(dl_manager, "cityscapes", _LAYOUT, _SOURCE)
+    root = common.manual_dir(dl_manager, "cityscapes", _LAYOUT, _SOURCE)
     folders = [f"{top}/{split}" for top in ("leftImg8bit", "gtFine") for split in _SPLITS.values()]
-    data_builders.require_dirs(root, folders, "cityscapes", _LAYOUT, _SOURCE)
+    common.require_dirs(root, folders, "cityscapes", _LAYOUT, _SOURCE)
     generators = {}
     for split, folder in _SPLITS.items():
       triples = self._split_triples(root, folder)
-      kept, skipped = data_builders.split_size_mismatches(triples)
-      data_builders.record_skipped(self.info, split, skipped)
-      generators[split] = self._generate_examples(kept)
+      kept, skipped = common.split_size_mismatches(triples)
+      common.record_skipped(self.info, split, skipped)
+      generators[split] = self._generate_examples(kept, split)
     return generators
 
   def _split_triples(self, root, folder: str):
@@ -73,18 +71,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     cities = sorted(p.name for p in image_root.iterdir() if p.is_dir())
     label_cities = sorted(p.name for p in label_root.iterdir() if p.is_dir())
     if cities != label_cities:
-      raise data_builders.DataError(
+      raise common.DataError(
           f"cityscapes: the city folders differ between {image_root} ({cities}) and "
           f"{label_root} ({label_cities}); extract both zips completely.")
     triples = []
     for city in cities:
       image_dir, label_dir = image_root / city, label_root / city
-      triples += data_builders.pair_files(
-          data_builders.list_files(image_dir, strip_suffix=_IMAGE_SUFFIX),
-          data_builders.list_files(label_dir, strip_suffix=_LABEL_SUFFIX), image_dir, label_dir)
+      triples += common.pair_files(
+          common.list_files(image_dir, strip_suffix=_IMAGE_SUFFIX),
+          common.list_files(label_dir, strip_suffix=_LABEL_SUFFIX), image_dir, label_dir)
     if not triples:
-      raise data_builders.DataError(f"cityscapes: no images found under {image_root}.")
+      raise common.DataError(f"cityscapes: no images found under {image_root}.")
     return triples
 
-  def _generate_examples(self, triples):
-    return data_builders.generate_paired_examples(triples, _read_train_ids)
+  def _generate_examples(self, triples, split):
+    return common.generate_paired_examples(
+        triples, common.read_label_ids, ID_TABLE, self.info, split)

@@ -22,10 +22,9 @@ Checks made before anything is written:
 
 import dataclasses
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-import data_builders
+from data_builders import common
 from seat_jax import labels
 
 _SOURCE = "https://download.visinf.tu-darmstadt.de/data/from_games/"
@@ -63,7 +62,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return data_builders.segmentation_info(
+    return common.segmentation_info(
         self, __doc__,
         homepage="https://download.visinf.tu-darmstadt.de/data/from_games/",
         citation="Richter, Vineet, Roth, Koltun. Playing for Data: Ground Truth from Computer "
@@ -71,21 +70,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    root = data_builders.manual_dir(dl_manager, "gta5", _LAYOUT, _SOURCE)
-    data_builders.require_dirs(root, [config.image_dir, "labels"], "gta5", _LAYOUT, _SOURCE)
+    root = common.manual_dir(dl_manager, "gta5", _LAYOUT, _SOURCE)
+    common.require_dirs(root, [config.image_dir, "labels"], "gta5", _LAYOUT, _SOURCE)
     image_dir, label_dir = root / config.image_dir, root / "labels"
-    triples = data_builders.pair_files(
-        data_builders.list_files(image_dir, data_builders.IMAGE_SUFFIXES),
-        data_builders.list_files(label_dir), image_dir, label_dir)
-    kept, skipped = data_builders.split_size_mismatches(
+    triples = common.pair_files(
+        common.list_files(image_dir, common.IMAGE_SUFFIXES),
+        common.list_files(label_dir), image_dir, label_dir)
+    kept, skipped = common.split_size_mismatches(
         triples, allow_rescaled_image=config.allow_rescaled_image)
-    data_builders.record_skipped(self.info, "train", skipped)
+    common.record_skipped(self.info, "train", skipped)
     return {"train": self._generate_examples(kept)}
 
   def _generate_examples(self, triples):
-    return data_builders.generate_paired_examples(triples, _read_train_ids)
+    return common.generate_paired_examples(
+        triples, common.read_label_ids, CITYSCAPES_ID_TABLE, self.info, "train")
 
 
-def _read_train_ids(label_path) -> np.ndarray:
-  return data_builders.map_ids(data_builders.read_label_ids(label_path),
-                               labels.LABEL_ID_TO_TRAIN_ID)
+# GTA5 labels store Cityscapes labelIds.
+CITYSCAPES_ID_TABLE = common.IdTable(labels.LABEL_ID_TO_TRAIN_ID,
+                                     labels.KNOWN_CITYSCAPES_LABEL_IDS)

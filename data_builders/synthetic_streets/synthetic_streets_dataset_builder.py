@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-import data_builders
+from data_builders import common
 
 # Train ids (seat_jax.labels.CITYSCAPES_CLASSES) of the classes the scenes contain.
 ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, VEGETATION, SKY, PERSON, CAR = (
@@ -370,7 +370,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return data_builders.segmentation_info(
+    return common.segmentation_info(
         self, __doc__,
         metadata=dict(
             domain=self.builder_config.domain, seed=self.builder_config.seed,
@@ -392,8 +392,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     for index in range(count):
       image, label = generate_example(config.seed, config.domain, split, index, config.image_hw)
       example_id = f"{config.domain}_{split}_{index:05d}"
-      yield example_id, {"image": data_builders.encode_png(image),
-                         "label": data_builders.encode_png(label), "id": example_id}
+      yield example_id, {"image": common.encode_png(image),
+                         "label": common.encode_png(label), "id": example_id}
 
 
 def _describe_statistics() -> dict[str, Any]:

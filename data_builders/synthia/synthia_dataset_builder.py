@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile
 import tensorflow_datasets as tfds
 
-import data_builders
+from data_builders import common
 from seat_jax import labels
 
 _SOURCE = "https://synthia-dataset.net (SYNTHIA-RAND-CITYSCAPES, file SYNTHIA_RAND_CITYSCAPES.rar)"
@@ -52,15 +52,15 @@ def _describe(bit_depth: int, color_type: int) -> str:
 def read_png16(path: epath.Path) -> np.ndarray:
   """Exact samples of a 16-bit RGB or RGBA PNG as uint16 [H, W, 3 or 4].
 
-  Raises data_builders.DataError for any other kind of PNG, naming what was found.
+  Raises common.DataError for any other kind of PNG, naming what was found.
   """
   data = path.read_bytes()
   try:
     _, _, bit_depth, color_type = png_header(data)
   except ValueError as e:
-    raise data_builders.DataError(f"Cannot read {path}: {e}.") from None
+    raise common.DataError(f"Cannot read {path}: {e}.") from None
   if bit_depth != 16 or color_type not in _MODE_OF_COLOR_TYPE:
-    raise data_builders.DataError(
+    raise common.DataError(
         f"{path}: expected a SYNTHIA label, a 16-bit multi-channel (RGB or RGBA) PNG with the "
         f"class id in the R channel; found: {_describe(bit_depth, color_type)} PNG. Labels "
         "converted to 8 bits (e.g. parsed_LABELS/ or synthia_mapped_to_cityscapes/) hold other "
@@ -70,7 +70,7 @@ def read_png16(path: epath.Path) -> np.ndarray:
     high = _decode_bytes_of_samples(data, mode, f"{mode};16B")
     low = _decode_bytes_of_samples(data, mode, f"{mode};16L")
   except (OSError, SyntaxError, ValueError) as e:
-    raise data_builders.DataError(
+    raise common.DataError(
         f"Cannot read {path}: {type(e).__name__}: {e}. The file is corrupt or truncated; "
         "extract it again from the downloaded archive.") from None
   return (high.astype(np.uint16) << 8) | low
@@ -93,10 +93,12 @@ def _decode_bytes_of_samples(data: bytes, mode: str, rawmode: str) -> np.ndarray
   return np.asarray(image)
 
 
-def read_train16(path: epath.Path) -> np.ndarray:
-  """The 16-class train ids (uint8 [H, W], 255 = ignore) of a SYNTHIA label file."""
-  class_ids = read_png16(path)[..., 0]
-  return data_builders.map_ids(class_ids, labels.SYNTHIA_RAW_TO_TRAIN16)
+def read_class_ids(path: epath.Path) -> np.ndarray:
+  """The raw SYNTHIA class ids (uint16 [H, W], the R channel) of a label file."""
+  return read_png16(path)[..., 0]
+
+
+ID_TABLE = common.IdTable(labels.SYNTHIA_RAW_TO_TRAIN16, labels.KNOWN_SYNTHIA_RAW_IDS)
 
 
 def _check_label_format(path: epath.Path) -> None:
@@ -106,7 +108,7 @@ def _check_label_format(path: epath.Path) -> None:
   try:
     _, _, bit_depth, color_type = png_header(head)
   except ValueError as e:
-    raise data_builders.DataError(f"Cannot read {path}: {e}.") from None
+    raise common.DataError(f"Cannot read {path}: {e}.") from None
   if bit_depth != 16 or color_type not in _MODE_OF_COLOR_TYPE:
     read_png16(path)  # raises the full explanation
 
@@ -123,7 +125,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return data_builders.segmentation_info(
+    return common.segmentation_info(
         self, __doc__,
         homepage="https://synthia-dataset.net",
         citation="Ros, Sellart, Materzynska, Vazquez, Lopez. The SYNTHIA Dataset: A Large "
@@ -131,17 +133,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                  "CVPR 2016.")
 
   def _split_generators(self, dl_manager):
-    root = data_builders.manual_dir(dl_manager, "synthia", _LAYOUT, _SOURCE)
-    data_builders.require_dirs(root, ["RGB", "GT/LABELS"], "synthia", _LAYOUT, _SOURCE)
+    root = common.manual_dir(dl_manager, "synthia", _LAYOUT, _SOURCE)
+    common.require_dirs(root, ["RGB", "GT/LABELS"], "synthia", _LAYOUT, _SOURCE)
     image_dir, label_dir = root / "RGB", root / "GT" / "LABELS"
-    triples = data_builders.pair_files(
-        data_builders.list_files(image_dir, data_builders.IMAGE_SUFFIXES),
-        data_builders.list_files(label_dir), image_dir, label_dir)
+    triples = common.pair_files(
+        common.list_files(image_dir, common.IMAGE_SUFFIXES),
+        common.list_files(label_dir), image_dir, label_dir)
     for _, _, label_path in triples:
       _check_label_format(label_path)
-    kept, skipped = data_builders.split_size_mismatches(triples)
-    data_builders.record_skipped(self.info, "train", skipped)
+    kept, skipped = common.split_size_mismatches(triples)
+    common.record_skipped(self.info, "train", skipped)
     return {"train": self._generate_examples(kept)}
 
   def _generate_examples(self, triples):
-    return data_builders.generate_paired_examples(triples, read_train16)
+    return common.generate_paired_examples(triples, read_class_ids, ID_TABLE, self.info, "train")

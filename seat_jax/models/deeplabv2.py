@@ -28,6 +28,9 @@ STAGE_STRIDES = (1, 2, 1, 1)  # layer1..layer4
 STAGE_DILATIONS = (1, 1, 2, 4)
 NUM_STAGES = 5  # 0 = stem (conv1/bn1), 1..4 = layer1..layer4; indices of `source_stages`
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Summed head branches: 4 = all (ADVENT, BDL, FDA); 2 = AdaptSegNet's early-return bug, which its
+# released checkpoints need (REFERENCE 1.1).
+ASPP_BRANCHES = (2, 4)
 HEAD_NAMES = ("aux_head", "main_head")
 
 conv_kernel_init = nn.initializers.normal(stddev=0.01)  # REFERENCE 1.2
@@ -253,6 +256,17 @@ def _check_source_stages(source_stages: Sequence[int]) -> tuple[int, ...]:
         f"source_stages (config eval.source_stages) holds stage indices 0 (stem) .. 4 (layer4); "
         f"got {stages}, invalid: {bad}. Example: (3, 4) for the paper's 'LS 3-4'.")
   return stages
+
+
+INIT_IMAGES_SHAPE = (1, 33, 33, 3)  # any size with a >= 1 pixel stride-8 map
+
+
+def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
+  """The model's variables ({params, batch_stats}); every domain slot of every norm included.
+
+  Variable shapes do not depend on the image size, so a tiny dummy image keeps init cheap.
+  """
+  return dict(model.init(rng, jnp.zeros(INIT_IMAGES_SHAPE, jnp.float32)))
 
 
 def build_segmenter(model_config: Any) -> DeepLabV2:

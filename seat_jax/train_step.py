@@ -1,0 +1,203 @@
+"""The adversarial training step: the train state and one pure segmenter + discriminator update.
+
+One call of the step does a whole iteration of AdaptSegNet-style training (REFERENCE 3.2):
+  1. source forward with the source norms, CE on main + aux_weight * aux (logits upsampled to the
+     input size with the align_corners resize);
+  2. target forward with the target norms, adversarial BCE through the discriminator(s) held
+     constant, pushing target maps toward the source label (plus optional MinEnt, and CE on
+     pseudo-labels in stage 2);
+  3. discriminator update on `stop_gradient` maps, source label 0 and target label 1, each half
+     weighted; segmenter and discriminator updates are applied together.
+The step is pure; `train.py` jits it with the mesh's shardings and runs the loop.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from seat_jax import input_pipeline as ip
+from seat_jax import losses
+from seat_jax import models
+
+PyTree = Any
+
+# Adversarial modes and the discriminators each one trains: none (source only or MinEnt),
+# single (one D on the main head), multi_level_sum (the paper: one D on the fused map),
+# two_discriminators (AdaptSegNet's multi-level: D `main` and D `aux`).
+DISCRIMINATORS = {"none": (), "single": ("main",), "multi_level_sum": ("main",),
+                  "two_discriminators": ("main", "aux")}
+ADV_MODES = tuple(DISCRIMINATORS)
+# What a discriminator sees: the softmax (AdaptSegNet) or ADVENT's self-information map.
+ADV_INPUTS = ("softmax", "entropy")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything one step reads and writes, as arrays (so it jits, shards and checkpoints whole).
+
+  Not flax's `train_state.TrainState`: that one holds one model's params, its `apply_fn` and its
+  `tx`. This state has two models that step together (the segmenter with per-domain
+  `batch_stats`, and zero to two discriminators) under one step counter; the optimisers are
+  closures of the config built next to the step, so the state itself is plain arrays and every
+  part of it can be checkpointed as its own orbax item.
+  """
+  step: jax.Array
+  params: PyTree  # segmenter params (every domain's affine lives here)
+  batch_stats: PyTree  # segmenter running statistics, per domain
+  opt_state: optax.OptState
+  disc_params: dict[str, PyTree]  # one entry per discriminator: {} | {main} | {main, aux}
+  disc_opt_state: optax.OptState
+
+  def model_variables(self) -> dict[str, PyTree]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def discriminator_names(adv_mode: str) -> tuple[str, ...]:
+  return DISCRIMINATORS[adv_mode]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """The static part of the config that shapes the step's graph."""
+  adv_mode: str
+  adv_input: str
+  # False for a source-only run (no adversary, MinEnt or pseudo-labels): the target images are
+  # then never seen, as in the references' source-only baselines (no mixing into shared BN).
+  target_pass: bool = True
+  # Stage 2: the batch carries target pseudo-labels and the step adds their CE.
+  target_labels: bool = False
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
+    target_labels = ip.target_has_labels(config)
+    target_pass = bool(config.adv.mode != "none" or config.loss.entropy_weight or target_labels)
+    return cls(adv_mode=config.adv.mode, adv_input=config.adv.input, target_pass=target_pass,
+               target_labels=target_labels)
+
+
+LOSS_WEIGHT_KEYS = ("multi_level_lambda", "adv_weight", "adv_weight_aux", "aux_weight",
+                    "entropy_weight", "target_ce_weight")
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The loss weights, passed to the step as values so changing one does not recompile."""
+  values = {"multi_level_lambda": config.adv.multi_level_lambda, "adv_weight": config.adv.weight,
+            "adv_weight_aux": config.adv.weight_aux, "aux_weight": config.loss.aux_weight,
+            "entropy_weight": config.loss.entropy_weight,
+            "target_ce_weight": config.loss.target_ce_weight}
+  return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+
+
+def _output_map(logits: jax.Array, adv_input: str) -> jax.Array:
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return losses.self_information(probs) if adv_input == "entropy" else probs
+
+
+def discriminator_input(name: str, main: jax.Array, aux: jax.Array, opts: StepOptions,
+                        multi_level_lambda: jax.Array | float = 0.0) -> jax.Array:
+  """What discriminator `name` sees for upsampled logits (main, aux).
+
+  multi_level_sum (the paper): one D on map(main) + lambda * map(aux); single: map(main);
+  two_discriminators (AdaptSegNet): D `main` on map(main) and D `aux` on map(aux).
+  """
+  if name == "aux":
+    return _output_map(aux, opts.adv_input)
+  fused = _output_map(main, opts.adv_input)
+  if opts.adv_mode == "multi_level_sum":
+    fused = fused + multi_level_lambda * _output_map(aux, opts.adv_input)
+  return fused
+
+
+def _upsample(logits: jax.Array, like: jax.Array) -> jax.Array:
+  return models.resize_bilinear(logits.astype(jnp.float32), like.shape[1:3])
+
+
+def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
+  """Returns step(state, batch, weights) -> (state, metrics); pure, to be jitted by the caller.
+
+  `batch` has the keys of `input_pipeline.TrainingBatches`; `weights` is `loss_weights(config)`.
+  """
+  disc_names = discriminator_names(opts.adv_mode)
+
+  def apply_disc(disc_params, name, maps):
+    return disc.apply({"params": disc_params[name]}, maps)
+
+  def segmenter_loss(params, state: TrainState, batch, w):
+    src_img = batch[ip.SOURCE_IMAGE]
+    (aux_s, main_s), updated = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, src_img,
+        domain="source", train=True, mutable=["batch_stats"])
+    aux_s, main_s = _upsample(aux_s, src_img), _upsample(main_s, src_img)
+    seg_main = losses.cross_entropy(main_s, batch[ip.SOURCE_LABEL])
+    seg_aux = losses.cross_entropy(aux_s, batch[ip.SOURCE_LABEL])
+    total = seg_main + w["aux_weight"] * seg_aux
+    metrics = {"seg_main": seg_main, "seg_aux": seg_aux}
+    if not opts.target_pass:
+      return total, (updated["batch_stats"], {"source": (main_s, aux_s)}, metrics)
+
+    tgt_img = batch[ip.TARGET_IMAGE]
+    # The target pass starts from the statistics the source pass left: in `shared` mode they
+    # are one set (AdaptSegNet's mixing); in `sat`/`seat` the source pass never touched them.
+    (aux_t, main_t), updated = model.apply(
+        {"params": params, "batch_stats": updated["batch_stats"]}, tgt_img,
+        domain="target", train=True, mutable=["batch_stats"])
+    aux_t, main_t = _upsample(aux_t, tgt_img), _upsample(main_t, tgt_img)
+    for name in disc_names:
+      maps = discriminator_input(name, main_t, aux_t, opts, w["multi_level_lambda"])
+      adv = losses.bce_with_logits(apply_disc(state.disc_params, name, maps),
+                                   losses.SOURCE_DOMAIN_LABEL)
+      total += w["adv_weight_aux" if name == "aux" else "adv_weight"] * adv
+      metrics[f"adv_{name}"] = adv
+    ent = losses.entropy_loss(jax.nn.softmax(main_t, axis=-1))
+    total += w["entropy_weight"] * ent
+    metrics["entropy"] = ent
+    if opts.target_labels:
+      tgt_main = losses.cross_entropy(main_t, batch[ip.TARGET_LABEL])
+      tgt_aux = losses.cross_entropy(aux_t, batch[ip.TARGET_LABEL])
+      total += w["target_ce_weight"] * (tgt_main + w["aux_weight"] * tgt_aux)
+      metrics["target_seg_main"] = tgt_main
+    outputs = {"source": (main_s, aux_s), "target": (main_t, aux_t)}
+    return total, (updated["batch_stats"], outputs, metrics)
+
+  def discriminator_loss(disc_params, outputs, w):
+    total, metrics = 0.0, {}
+    for name in disc_names:
+      per_domain = {}
+      for domain, label in (("source", losses.SOURCE_DOMAIN_LABEL),
+                            ("target", losses.TARGET_DOMAIN_LABEL)):
+        main, aux = outputs[domain]
+        maps = jax.lax.stop_gradient(
+            discriminator_input(name, main, aux, opts, w["multi_level_lambda"]))
+        per_domain[domain] = losses.bce_with_logits(apply_disc(disc_params, name, maps), label)
+      total += 0.5 * per_domain["source"] + 0.5 * per_domain["target"]
+      metrics[f"d_{name}_source"] = per_domain["source"]
+      metrics[f"d_{name}_target"] = per_domain["target"]
+    return total, metrics
+
+  def step(state: TrainState, batch, weights) -> tuple[TrainState, dict[str, jax.Array]]:
+    (loss, (batch_stats, outputs, metrics)), grads = jax.value_and_grad(
+        segmenter_loss, has_aux=True)(state.params, state, batch, weights)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
+                   lr=lr_schedules["backbone"](state.step), lr_head=lr_schedules["head"](state.step))
+
+    disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+    if disc_names:
+      (_, d_metrics), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
+          state.disc_params, outputs, weights)
+      d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, disc_params)
+      disc_params = optax.apply_updates(disc_params, d_updates)
+      metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads),
+                     disc_lr=lr_schedules["disc"](state.step))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, disc_params=disc_params,
+                              disc_opt_state=disc_opt_state)
+    return new_state, metrics
+
+  return step
