@@ -112,7 +112,7 @@ def restore_model(directory, target: Any, step: int | None = None) -> Any:
   """
   directory = epath.Path(directory).absolute()
   step = _existing_step(directory, step)
-  with _manager_for_reading(directory, [MODEL]) as mngr:
+  with _manager_for_reading(directory, step) as mngr:
     _check_compatible(mngr, step, target, directory)
     restored = mngr.restore(step, args=ocp.args.Composite(**{
         MODEL: ocp.args.StandardRestore(target)}))
@@ -142,7 +142,7 @@ def restore_train(directory, abstract_arrays: dict[str, Any], step: int | None =
   directory = epath.Path(directory).absolute()
   step = _existing_step(directory, step)
   stored = _non_empty(abstract_arrays)
-  with _manager_for_reading(directory, list(stored)) as mngr:
+  with _manager_for_reading(directory, step) as mngr:
     _check_compatible(mngr, step, abstract_arrays[MODEL], directory)
     restored = mngr.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.StandardRestore(tree) for name, tree in stored.items()},
@@ -169,9 +169,15 @@ def _non_empty(arrays: dict[str, Any]) -> dict[str, Any]:
   return {name: tree for name, tree in arrays.items() if jax.tree.leaves(tree)}
 
 
-def _manager_for_reading(directory, array_items) -> ocp.CheckpointManager:
-  # Naming the handlers lets orbax report the stored `model` tree before restoring it.
-  handlers = {name: ocp.StandardCheckpointHandler() for name in array_items}
+def _manager_for_reading(directory, step: int) -> ocp.CheckpointManager:
+  """A manager that knows a handler for every item stored at `step` (orbax warns otherwise).
+
+  Naming the handlers also lets orbax report the stored `model` tree before restoring it.
+  """
+  step_dir = epath.Path(directory) / str(step)
+  names = [p.name for p in step_dir.iterdir() if p.is_dir()] if step_dir.is_dir() else [MODEL]
+  handlers = {name: ocp.StandardCheckpointHandler() for name in names
+              if name not in (DATA_ITER, META)}
   handlers.update({DATA_ITER: ocp.JsonCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
   return ocp.CheckpointManager(directory, item_handlers=handlers)
 
