@@ -3,7 +3,7 @@
     python benchmarks/train_iteration.py                       # paper sizes, float32 and bfloat16
     python benchmarks/train_iteration.py --source_hw=256,512 --target_hw=256,512 --dtypes=float32
 
-One call of `train.jit_train_step`: source forward/backward (SEAT norm, CE main + aux), target
+One call of `train_step.jit_train_step`: source forward/backward (SEAT norm, CE main + aux), target
 forward/backward through the discriminator, discriminator update, SGD + Adam. Batch 1 + 1 by
 default, as in the paper. The input pipeline is not part of it (benchmarks/input_pipeline.py).
 Reports iterations/s, the XLA FLOP count of the compiled step and, on a GPU with a known peak,
@@ -41,16 +41,16 @@ def peak_for(device, dtype: str):
 def run(args, dtype: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from seat_jax import presets, train, train_step  # pylint: disable=g-import-not-at-top,multiple-imports
+  from seat_jax import presets, train_step  # pylint: disable=g-import-not-at-top,multiple-imports
 
   config = presets.gta("mul")
   config.model.dtype = dtype
   if args.depth == "tiny":
     config.model.stage_sizes, config.model.base_width = (1, 1, 1, 1), 8
   config.train.batch_size = args.batch_size
-  trainer = train.build_trainer(config)
-  state = train.create_state(trainer, 0)
-  step = train.jit_train_step(trainer)
+  trainer = train_step.build_trainer(config)
+  state = train_step.create_state(trainer, 0)
+  step = train_step.jit_train_step(trainer)
   weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
   key = jax.random.key(0)
   n = args.batch_size

@@ -25,6 +25,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.bn_affine_trainable = True  # AdaptSegNet freezes the BN affine; SEAT trains it
   m.bn_train_stats = True  # normalise with batch statistics while training (reference)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16; params stay float32
+  m.remat = "none"  # none | blocks: recompute each bottleneck in the backward pass (memory)
   return m
 
 
@@ -50,7 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16: how target labels are read
   c.data.flip = False  # random horizontal flip (the references use none)
   c.data.fda_beta = 0.0  # FDA source stylisation toward target images; 0 = off
-  c.data.worker_count = 0  # grain worker processes per domain
+  # Grain worker processes per domain; -1 = automatic (0 on CPU, else by host cores and batch).
+  c.data.worker_count = -1
+  # Where resize/crop/flip/FDA/mean run: device (jitted, from uint8) | host (PIL, as references).
+  c.data.preprocess_on = "device"
   c.data.prefetch_buffer_size = 2
 
   # Adversarial training (SPEC section 3).
@@ -64,7 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.aux_weight = 0.1  # CE(main) + aux_weight * CE(aux)
-  c.loss.entropy_weight = 0.0  # ADVENT MinEnt on target (main head); 0 = off
+  c.loss.entropy_weight = 0.0  # ADVENT MinEnt on target, main head; 0 = off
+  c.loss.entropy_weight_aux = 0.0  # ADVENT MinEnt on the aux head (ADVENT: 0.0002)
   c.loss.target_ce_weight = 1.0  # stage 2: CE on target pseudo-labels
 
   # Optimisation (SPEC section 4).
@@ -76,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.head_lr_mult = 10.0
   c.optim.head_patterns = (r"^(aux_head|main_head)/",)
   c.optim.frozen_patterns = ()  # extra regexes of params that never move
+  # AdaptSegNet's/ADVENT's optimiser lists each backbone weight several times (once per module
+  # that encloses it) and torch.optim.SGD updates it once per listing (REFERENCE 1.6).
+  c.optim.reference_duplicate_updates = False
   c.optim.disc_lr = 1e-4
   c.optim.disc_b1 = 0.9
   c.optim.disc_b2 = 0.99
@@ -91,7 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_max_examples = 100
 
   c.resume = ""  # a checkpoint dir to continue from when the workdir has none
-  c.init_from = ""  # converted PyTorch weights (python -m seat_jax.convert) or a checkpoint dir
+  # Converted PyTorch weights (python -m seat_jax.convert) or a checkpoint dir; real-data runs
+  # refuse to start without one unless it is "scratch" (random weights on purpose).
+  c.init_from = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.source_stages = ()  # layer switch: stages (0 stem, 1-4 layers) that use the source norm
@@ -106,5 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.pseudo.quantile = 0.5  # class_quantile rule (0.5 BDL median, 0.66 FDA)
   c.pseudo.cap = 0.9  # class_quantile rule: thresholds never exceed this
   c.pseudo.output_dir = ""  # "" = <workdir>/pseudo_labels
+  # Which stage-1 checkpoint labels the target: final (the last saved step, or eval.step) or
+  # best_on_val (the step eval mode named best in <workdir>/eval/summary.json).
+  c.pseudo.checkpoint = "final"
   return c
 

@@ -16,6 +16,7 @@ CHOICES = {
     "model.norm_mode": models.NORM_MODES,
     "model.dtype": models.COMPUTE_DTYPES,
     "model.aspp_branches": models.ASPP_BRANCHES,
+    "model.remat": models.REMAT_CHOICES,
     "adv.mode": train_step.ADV_MODES,
     "adv.input": train_step.ADV_INPUTS,
     "data.label_space": labels.LABEL_SPACES,
@@ -23,8 +24,11 @@ CHOICES = {
     "data.target.name": datasets.NAMES,
     "data.val.name": datasets.NAMES,
     "pseudo.rule": pseudo_labels.RULES,
+    "pseudo.checkpoint": pseudo_labels.CHECKPOINT_SELECTIONS,
 }
 PLACEHOLDER = "REQUIRED"
+# `init_from` value that starts a real-data run from random weights on purpose.
+SCRATCH = "scratch"
 
 
 class ConfigError(errors.UsageError):
@@ -47,6 +51,12 @@ def _placeholders(config, prefix=""):
       yield name, value
 
 
+def _real_data(config) -> bool:
+  """Whether the run reads a downloaded dataset (not only generated ones such as the demo's)."""
+  names = (config.data.source.name, config.data.target.name)
+  return any(name in datasets.REGISTRY and not datasets.get(name).generated for name in names)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming every bad config key and the accepted values.
 
@@ -64,6 +74,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       problems.append(f"config.model.num_classes={config.model.num_classes} but "
                       f"config.data.label_space={config.data.label_space!r} has {expected} "
                       "classes")
+  if config.mode == "train" and not (config.init_from or config.resume) and _real_data(config):
+    problems.append(
+        "config.init_from is empty, so the segmenter would start from random weights, which does "
+        "not reproduce the paper (AdaptSegNet issues #35, #81). Convert the DeepLab init once:\n"
+        "      python -m seat_jax.convert --config=<the same preset> "
+        "--torch=DeepLab_resnet_pretrained_init-f81d91e8.pth --out=/ckpt/init_coco\n"
+        "    then add --config.init_from=/ckpt/init_coco (README, 'Pretrained weights'); or "
+        f"--config.init_from={SCRATCH} to train from random weights on purpose")
   if config.train.batch_size < 1:
     problems.append("config.train.batch_size must be >= 1")
   if num_devices and config.mode == "train" and config.train.batch_size % num_devices:

@@ -64,5 +64,5 @@ def mean_iou(ious: np.ndarray, subset: Sequence[int] | None = None) -> float:
 
 
 def summary_metrics(ious: np.ndarray, space: labels.LabelSpace) -> dict[str, float]:
-  """The means the papers report for this label space (mIoU19, or mIoU16 and mIoU13)."""
+  """The means the papers report for this label space (mIoU19, or mIoU13 and mIoU16)."""
   return {name: mean_iou(ious, subset) for name, subset in space.subsets.items()}

@@ -27,6 +27,7 @@ import numpy as np
 from etils import epath
 
 from seat_jax import checkpointing
+from seat_jax import errors
 from seat_jax import input_pipeline
 from seat_jax import labels
 from seat_jax import models
@@ -35,6 +36,7 @@ from seat_jax import progress
 from seat_jax import reports
 
 RULES = ("global", "class_quantile")
+CHECKPOINT_SELECTIONS = ("final", "best_on_val")
 CONFIDENCE_LEVELS = 65536  # confidences are stored as round(p * 65535) in the histogram
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +159,32 @@ def _summary(space: labels.LabelSpace, thresholds: np.ndarray, predicted: np.nda
               kept_fraction=float(kept.sum() / total) if total else None)
 
 
+def _chosen_step(selection: str, directory: epath.Path, steps: list[int], workdir) -> int:
+  """The final step, or the best-on-val step that eval mode wrote down for these checkpoints."""
+  if selection == "final":
+    return steps[-1]
+  if selection != "best_on_val":
+    raise errors.UsageError(
+        f"config.pseudo.checkpoint must be one of {CHECKPOINT_SELECTIONS}; got {selection!r}.")
+  summary_path = epath.Path(workdir) / "eval" / "summary.json"
+  how_to = (f"run eval mode first with the same --workdir={workdir} (--config.mode=eval), which "
+            "scores every checkpoint and writes the best-on-val step there")
+  if not summary_path.exists():
+    raise errors.MissingInputError(
+        f"config.pseudo.checkpoint=best_on_val needs {summary_path}: {how_to}.")
+  summary = json.loads(summary_path.read_text())
+  if summary["checkpoints"] != str(directory):
+    raise errors.InvalidInputError(
+        f"{summary_path} scored the checkpoints in {summary['checkpoints']}, not {directory}: "
+        f"{how_to}.")
+  step = int(summary["best_on_val"]["step"])
+  if step not in steps:
+    raise errors.MissingInputError(
+        f"The best-on-val step {step} ({summary_path}) is not saved in {directory} any more; "
+        f"saved steps: {steps}.")
+  return step
+
+
 def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   """Writes <output_dir>/<id>.png (uint8 train ids, 255 = ignore) for the target train split.
 
@@ -168,7 +196,7 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   if rule not in RULES:
     raise ValueError(f"config.pseudo.rule must be one of {RULES}; got {rule!r}.")
   directory, steps = checkpointing.find_steps(config.eval.checkpoint or workdir, config.eval.step)
-  step = steps[-1]
+  step = _chosen_step(config.pseudo.checkpoint, directory, steps, workdir)
   model = models.build_segmenter(config.model)
   variables = checkpointing.restore_model(
       directory, checkpointing.abstract_variables(model), step)
@@ -190,8 +218,8 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
       yield index, predict.example_id(example, index), example, prediction, confidence
       meter(index + 1)
 
-  print(f"Pseudo-labels for {split_name} from {directory} step {step} ({rule} rule) -> {out}",
-        flush=True)
+  print(f"Pseudo-labels for {split_name} from {directory} step {step} "
+        f"({config.pseudo.checkpoint.replace('_', ' ')}; {rule} rule) -> {out}", flush=True)
   if rule == "class_quantile":
     histogram = ConfidenceHistogram(space.num_classes)
     for _, _, _, prediction, confidence in split_predictions("pseudo-labels pass 1/2"):
@@ -226,7 +254,8 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
     raise ValueError(f"No examples in {split_name}; check config.data.target.")
 
   meta = {
-      "checkpoint": str(directory), "step": step, "split": split_name, "num_images": count,
+      "checkpoint": str(directory), "step": step,
+      "checkpoint_selection": config.pseudo.checkpoint, "split": split_name, "num_images": count,
       "size_hw": list(size_hw), "source_stages": list(config.eval.source_stages), "rule": rule,
       "threshold": float(config.pseudo.threshold), "quantile": float(config.pseudo.quantile),
       "cap": float(config.pseudo.cap), "label_space": space.name}

@@ -117,7 +117,8 @@ def pseudo_label_summary_markdown(summary: dict[str, Any]) -> str:
     rule_text = f"class_quantile, quantile {summary['quantile']}, cap {summary['cap']}"
   lines = [
       "# Pseudo-labels", "",
-      f"- checkpoint: `{summary['checkpoint']}` step {summary['step']}",
+      f"- checkpoint: `{summary['checkpoint']}` step {summary['step']} "
+      f"({summary['checkpoint_selection'].replace('_', ' ')})",
       f"- split: {summary['split']} ({summary['num_images']} images at "
       f"{tuple(summary['size_hw'])} H x W), source_stages {tuple(summary['source_stages'])}",
       f"- rule: {rule_text}",

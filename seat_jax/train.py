@@ -6,8 +6,6 @@ optimisers from the config, the state created or restored (workdir checkpoint ->
 a clean stop on a non-finite loss or Ctrl-C that keeps every good checkpoint.
 """
 
-import dataclasses
-import functools
 import json
 import math
 import time
@@ -17,19 +15,14 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from clu import metric_writers
 from clu import parameter_overview
 from etils import epath
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from seat_jax import checkpointing
 from seat_jax import config_validation
 from seat_jax import errors
 from seat_jax import input_pipeline
-from seat_jax import models
 from seat_jax import optim
 from seat_jax import progress
 from seat_jax import train_step
@@ -40,80 +33,6 @@ PyTree = Any
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Training produced a NaN/Inf; the last finite checkpoint is left as it was."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Building the state.
-
-
-@dataclasses.dataclass
-class Trainer:
-  """Everything the loop needs that follows from the config: modules, optimisers, shardings."""
-  config: ml_collections.ConfigDict
-  model: Any
-  disc: Any
-  tx: optax.GradientTransformation
-  disc_tx: optax.GradientTransformation
-  mesh: jax.sharding.Mesh
-  opts: train_step.StepOptions
-
-  @property
-  def replicated(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P())
-
-  @property
-  def data_sharding(self) -> NamedSharding:
-    return input_pipeline.data_sharding(self.mesh)
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """One `data` axis over `devices` (default: every device of every host)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def build_trainer(config: ml_collections.ConfigDict, devices=None) -> Trainer:
-  model = models.build_segmenter(config.model)
-  disc = models.FCDiscriminator(width=config.adv.disc_width)
-  abstract_params = jax.eval_shape(functools.partial(models.init_variables, model),
-                                   jax.random.key(0))["params"]
-  tx = optim.make_segmenter_tx(config, abstract_params)
-  return Trainer(config=config, model=model, disc=disc, tx=tx, disc_tx=optim.make_disc_tx(config),
-                 mesh=make_mesh(devices), opts=train_step.StepOptions.from_config(config))
-
-
-def init_state(trainer: Trainer, rng: jax.Array) -> TrainState:
-  config = trainer.config
-  model_rng, disc_rng = jax.random.split(rng)
-  variables = models.init_variables(trainer.model, model_rng)
-  dummy_map = jnp.zeros((1, 32, 32, config.model.num_classes), jnp.float32)
-  disc_params = {
-      name: trainer.disc.init(key, dummy_map)["params"]
-      for name, key in zip(train_step.discriminator_names(config.adv.mode),
-                           jax.random.split(disc_rng, 2))}
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=trainer.tx.init(variables["params"]),
-      disc_params=disc_params, disc_opt_state=trainer.disc_tx.init(disc_params))
-
-
-def create_state(trainer: Trainer, seed: int) -> TrainState:
-  """The initial state, created directly with replicated sharding."""
-  init = jax.jit(functools.partial(init_state, trainer), out_shardings=trainer.replicated)
-  return init(jax.random.key(seed))
-
-
-def abstract_state(trainer: Trainer) -> TrainState:
-  shapes = jax.eval_shape(functools.partial(init_state, trainer), jax.random.key(0))
-  return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.replicated), shapes)
-
-
-def jit_train_step(trainer: Trainer):
-  step = train_step.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
-                                    trainer.opts, optim.lr_schedules(trainer.config))
-  return jax.jit(step, in_shardings=(trainer.replicated, trainer.data_sharding, trainer.replicated),
-                 out_shardings=(trainer.replicated, trainer.replicated), donate_argnums=(0,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,10 +56,10 @@ def save_checkpoint(manager, state: TrainState, data: input_pipeline.TrainingBat
   checkpointing.save_train(manager, step, checkpoint_items(state), data.get_state(), meta)
 
 
-def restore_full(path, trainer: Trainer, data) -> tuple[TrainState, float]:
+def restore_full(path, trainer: train_step.Trainer, data) -> tuple[TrainState, float]:
   """Restores state and data position from `path` (a workdir, checkpoints/ or a step folder)."""
   directory, step = checkpointing.resolve(path)
-  target = abstract_state(trainer)
+  target = train_step.abstract_state(trainer)
   items, data_iter, meta = checkpointing.restore_train(directory, checkpoint_items(target), step)
   data.set_state(data_iter)
   variables = items[checkpointing.MODEL]
@@ -151,7 +70,8 @@ def restore_full(path, trainer: Trainer, data) -> tuple[TrainState, float]:
   return state, float(meta.get("elapsed_seconds", 0.0))
 
 
-def initialise(trainer: Trainer, workdir: epath.Path, data) -> tuple[TrainState, float, str]:
+def initialise(trainer: train_step.Trainer, workdir: epath.Path,
+               data) -> tuple[TrainState, float, str]:
   """Resume precedence: workdir checkpoint -> config.resume -> config.init_from -> scratch."""
   config = trainer.config
   own = workdir / "checkpoints"
@@ -161,10 +81,13 @@ def initialise(trainer: Trainer, workdir: epath.Path, data) -> tuple[TrainState,
   if config.resume:
     state, elapsed = restore_full(config.resume, trainer, data)
     return state, elapsed, f"resumed from config.resume={config.resume} at step {int(state.step)}"
-  state = create_state(trainer, config.seed)
+  state = train_step.create_state(trainer, config.seed)
+  if config.init_from == config_validation.SCRATCH:
+    return state, 0.0, ("initialised from scratch (random weights, as asked by "
+                        f"config.init_from={config_validation.SCRATCH!r})")
   if config.init_from:
     directory, step = checkpointing.resolve(config.init_from)
-    abstract = abstract_state(trainer).model_variables()
+    abstract = train_step.abstract_state(trainer).model_variables()
     variables = checkpointing.restore_model(directory, abstract, step)
     # Optimiser and discriminator states stay fresh: a warm start, not a resume.
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
@@ -211,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_config(config, workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
-  trainer = build_trainer(config)
+  trainer = train_step.build_trainer(config)
   data = input_pipeline.TrainingBatches(config, trainer.data_sharding,
                                         with_target=trainer.opts.target_pass)
   state, elapsed, how = initialise(trainer, workdir, data)
@@ -220,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_chief:
     log_parameter_overview(state, workdir)
     writer.write_hparams(_flat_hparams(config))
-  step_fn = jit_train_step(trainer)
+  step_fn = train_step.jit_train_step(trainer)
   weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
   manager = checkpointing.train_manager(workdir / "checkpoints", config.train.keep_checkpoints)
 

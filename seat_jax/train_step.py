@@ -1,28 +1,35 @@
-"""The adversarial training step: the train state and one pure segmenter + discriminator update.
+"""One training iteration: its state, the pure segmenter + discriminator step, jitted on a mesh.
 
 One call of the step does a whole iteration of AdaptSegNet-style training (REFERENCE 3.2):
   1. source forward with the source norms, CE on main + aux_weight * aux (logits upsampled to the
      input size with the align_corners resize);
   2. target forward with the target norms, adversarial BCE through the discriminator(s) held
-     constant, pushing target maps toward the source label (plus optional MinEnt, and CE on
-     pseudo-labels in stage 2);
+     constant, pushing target maps toward the source label (plus optional MinEnt on the main
+     and aux heads, as ADVENT's `train_minent`, and CE on pseudo-labels in stage 2);
   3. discriminator update on `stop_gradient` maps, source label 0 and target label 1, each half
      weighted; segmenter and discriminator updates are applied together.
-The step is pure; `train.py` jits it with the mesh's shardings and runs the loop.
+The step is pure; `jit_train_step` jits it with the mesh's shardings (`Trainer` holds the
+modules, optimisers and mesh that follow from the config). `train.py` runs the loop around it.
+This module imports neither TensorFlow nor clu, so benchmarks run it on bare accelerator hosts.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from seat_jax import input_pipeline as ip
 from seat_jax import losses
 from seat_jax import models
+from seat_jax import optim
 
 PyTree = Any
 
@@ -75,13 +82,14 @@ class StepOptions:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
     target_labels = ip.target_has_labels(config)
-    target_pass = bool(config.adv.mode != "none" or config.loss.entropy_weight or target_labels)
+    target_pass = bool(config.adv.mode != "none" or config.loss.entropy_weight
+                       or config.loss.entropy_weight_aux or target_labels)
     return cls(adv_mode=config.adv.mode, adv_input=config.adv.input, target_pass=target_pass,
                target_labels=target_labels)
 
 
 LOSS_WEIGHT_KEYS = ("multi_level_lambda", "adv_weight", "adv_weight_aux", "aux_weight",
-                    "entropy_weight", "target_ce_weight")
+                    "entropy_weight", "entropy_weight_aux", "target_ce_weight")
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
@@ -89,6 +97,7 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   values = {"multi_level_lambda": config.adv.multi_level_lambda, "adv_weight": config.adv.weight,
             "adv_weight_aux": config.adv.weight_aux, "aux_weight": config.loss.aux_weight,
             "entropy_weight": config.loss.entropy_weight,
+            "entropy_weight_aux": config.loss.entropy_weight_aux,
             "target_ce_weight": config.loss.target_ce_weight}
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
@@ -153,9 +162,12 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
                                    losses.SOURCE_DOMAIN_LABEL)
       total += w["adv_weight_aux" if name == "aux" else "adv_weight"] * adv
       metrics[f"adv_{name}"] = adv
+    # ADVENT MinEnt: lambda_ent_main * H(main) + lambda_ent_aux * H(aux) on the upsampled maps.
     ent = losses.entropy_loss(jax.nn.softmax(main_t, axis=-1))
-    total += w["entropy_weight"] * ent
+    ent_aux = losses.entropy_loss(jax.nn.softmax(aux_t, axis=-1))
+    total += w["entropy_weight"] * ent + w["entropy_weight_aux"] * ent_aux
     metrics["entropy"] = ent
+    metrics["entropy_aux"] = ent_aux
     if opts.target_labels:
       tgt_main = losses.cross_entropy(main_t, batch[ip.TARGET_LABEL])
       tgt_aux = losses.cross_entropy(aux_t, batch[ip.TARGET_LABEL])
@@ -185,7 +197,8 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=lr_schedules["backbone"](state.step), lr_head=lr_schedules["head"](state.step))
+                   lr=lr_schedules["backbone"](state.step),
+                   lr_head=lr_schedules["head"](state.step))
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if disc_names:
@@ -201,3 +214,77 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     return new_state, metrics
 
   return step
+
+
+# ---------------------------------------------------------------------------------------------
+# The state, built and jitted over the device mesh.
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything the loop needs that follows from the config: modules, optimisers, shardings."""
+  config: ml_collections.ConfigDict
+  model: Any
+  disc: Any
+  tx: optax.GradientTransformation
+  disc_tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  opts: StepOptions
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def data_sharding(self) -> NamedSharding:
+    return ip.data_sharding(self.mesh)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """One `data` axis over `devices` (default: every device of every host)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_trainer(config: ml_collections.ConfigDict, devices=None) -> Trainer:
+  model = models.build_segmenter(config.model)
+  disc = models.FCDiscriminator(width=config.adv.disc_width)
+  abstract_params = jax.eval_shape(functools.partial(models.init_variables, model),
+                                   jax.random.key(0))["params"]
+  tx = optim.make_segmenter_tx(config, abstract_params)
+  return Trainer(config=config, model=model, disc=disc, tx=tx, disc_tx=optim.make_disc_tx(config),
+                 mesh=make_mesh(devices), opts=StepOptions.from_config(config))
+
+
+def init_state(trainer: Trainer, rng: jax.Array) -> TrainState:
+  config = trainer.config
+  model_rng, disc_rng = jax.random.split(rng)
+  variables = models.init_variables(trainer.model, model_rng)
+  dummy_map = jnp.zeros((1, 32, 32, config.model.num_classes), jnp.float32)
+  disc_params = {
+      name: trainer.disc.init(key, dummy_map)["params"]
+      for name, key in zip(discriminator_names(config.adv.mode),
+                           jax.random.split(disc_rng, 2))}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=trainer.tx.init(variables["params"]),
+      disc_params=disc_params, disc_opt_state=trainer.disc_tx.init(disc_params))
+
+
+def create_state(trainer: Trainer, seed: int) -> TrainState:
+  """The initial state, created directly with replicated sharding."""
+  init = jax.jit(functools.partial(init_state, trainer), out_shardings=trainer.replicated)
+  return init(jax.random.key(seed))
+
+
+def abstract_state(trainer: Trainer) -> TrainState:
+  shapes = jax.eval_shape(functools.partial(init_state, trainer), jax.random.key(0))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.replicated), shapes)
+
+
+def jit_train_step(trainer: Trainer):
+  step = make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx, trainer.opts,
+                         optim.lr_schedules(trainer.config))
+  return jax.jit(step, in_shardings=(trainer.replicated, trainer.data_sharding, trainer.replicated),
+                 out_shardings=(trainer.replicated, trainer.replicated), donate_argnums=(0,))

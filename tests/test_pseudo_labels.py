@@ -247,3 +247,42 @@ def test_generate_rejects_an_unknown_rule(tmp_path):
   config = tiny_config(tmp_path, "median")
   with pytest.raises(ValueError, match="pseudo.rule must be one of"):
     pseudo_labels.generate(config, tmp_path)
+
+
+def _forced_class(variables, train_id):
+  """Variables whose main head predicts `train_id` everywhere (a huge bias)."""
+  params = jax.tree.map(np.array, variables["params"])
+  params["main_head"]["branch0"]["bias"][train_id] += 1e4
+  return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+def test_pseudo_labels_come_from_the_final_or_the_best_on_val_checkpoint(
+    workdir_with_checkpoint, tmp_path, monkeypatch):
+  from seat_jax import evaluate  # pylint: disable=g-import-not-at-top
+  _, _, variables = workdir_with_checkpoint
+  workdir = tmp_path / "run"
+  # Step 3 predicts road everywhere, which is the ground truth (all zeros); step 7 sidewalk.
+  checkpointing.save_variables(workdir / "checkpoints", _forced_class(variables, 0), {}, step=3)
+  checkpointing.save_variables(workdir / "checkpoints", _forced_class(variables, 1), {}, step=7)
+  stored = stored_target_split()
+  monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: stored)
+  config = tiny_config(tmp_path, "global")
+  config.data.val.resize_hw = MODEL_HW
+  config.eval.num_panels = 0
+  config.eval.write_predictions = False
+
+  config.pseudo.checkpoint = "best_on_val"
+  with pytest.raises(FileNotFoundError, match=r"needs .*eval/summary.json: run eval mode first"):
+    pseudo_labels.generate(config, workdir)
+  evaluated = evaluate.evaluate_checkpoints(config, workdir)  # eval mode writes the summary
+  assert evaluated["best"]["step"] == 3 and evaluated["final"]["step"] == 7
+
+  summary = pseudo_labels.generate(config, workdir)
+  assert summary["step"] == 3 and summary["checkpoint_selection"] == "best_on_val"
+  assert "step 3 (best on val)" in (tmp_path / "pseudo_global" / "summary.md").read_text()
+  label = np.asarray(Image.open(tmp_path / "pseudo_global" / "target_00.png"))
+  assert set(np.unique(label)) == {0}  # road everywhere, confidently
+
+  config.pseudo.checkpoint = "final"
+  summary = pseudo_labels.generate(config, workdir)
+  assert summary["step"] == 7 and summary["checkpoint_selection"] == "final"

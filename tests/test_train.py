@@ -10,31 +10,20 @@ import jax
 import numpy as np
 import pytest
 
+import tiny_runs
 from seat_jax import checkpointing
-from seat_jax import presets
 from seat_jax import train
+from seat_jax import train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _config(data_dir, num_steps=4):
-  config = presets.demo("seat")
-  config.data.data_dir = data_dir
-  for split in (config.data.source, config.data.target, config.data.val):
-    split.resize_hw = (32, 64)
-  config.data.source.crop_hw = (32, 64)
-  config.train.batch_size = 2
-  config.train.num_steps = num_steps
-  config.train.lr_horizon_steps = 100
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
-  config.train.eval_every = 0
-  return config
+_config = tiny_runs.tiny_train_config
 
 
 def _final_params(workdir):
-  trainer = train.build_trainer(_config(""))
-  abstract = train.abstract_state(trainer).model_variables()
+  trainer = train_step.build_trainer(_config(""))
+  abstract = train_step.abstract_state(trainer).model_variables()
   return checkpointing.restore_model(pathlib.Path(workdir) / "checkpoints", abstract)
 
 
@@ -83,7 +72,7 @@ def test_init_from_a_checkpoint_of_another_model_names_the_difference(uninterrup
   config = _config("")
   config.model.norm_mode = "shared"
   config.init_from = str(workdir)
-  trainer = train.build_trainer(config)
+  trainer = train_step.build_trainer(config)
   with pytest.raises(ValueError, match=r"bn1/scale.*|holds a different model"):
     train.initialise(trainer, tmp_path, data=None)
 
@@ -136,7 +125,7 @@ def test_cli_user_mistakes_end_with_an_error_block_and_no_traceback(tmp_path):
 
 _SHARDED_SCRIPT = r"""
 import jax, numpy as np
-from seat_jax import presets, train, train_step
+from seat_jax import presets, train_step
 config = presets.demo("seat")
 config.model.num_classes = 5
 config.train.batch_size = 4
@@ -146,9 +135,9 @@ batch = {"source_image": rng.normal(size=(4, 32, 48, 3)).astype(np.float32) * 50
          "target_image": rng.normal(size=(4, 32, 48, 3)).astype(np.float32) * 30}
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
-  trainer = train.build_trainer(config, devices=devices)
-  state = train.create_state(trainer, 0)
-  step = train.jit_train_step(trainer)
+  trainer = train_step.build_trainer(config, devices=devices)
+  state = train_step.create_state(trainer, 0)
+  step = train_step.jit_train_step(trainer)
   weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
   global_batch = {k: jax.device_put(v, trainer.data_sharding) for k, v in batch.items()}
   state, metrics = step(state, global_batch, weights)

@@ -12,7 +12,6 @@ import numpy as np
 
 from seat_jax import optim
 from seat_jax import presets
-from seat_jax import train
 from seat_jax import train_step
 
 
@@ -42,10 +41,10 @@ def _batch(seed=0, h=32, w=48, num_classes=5):
 def _compiled(mode, adv_input="softmax", target_labels=False):
   """(initial state, jitted step, default weights) for one adversarial mode."""
   config = _config(mode, adv_input, target_labels)
-  trainer = train.build_trainer(config)
+  trainer = train_step.build_trainer(config)
   step = train_step.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
                                trainer.opts, optim.lr_schedules(config))
-  return train.create_state(trainer, 0), jax.jit(step), train_step.loss_weights(config)
+  return train_step.create_state(trainer, 0), jax.jit(step), train_step.loss_weights(config)
 
 
 def _run(mode="multi_level_sum", batch=None, adv_input="softmax", target_labels=False, **weights):
