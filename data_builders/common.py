@@ -177,11 +177,13 @@ def record_skipped(info: Any, split: str, skipped: list[dict[str, Any]]) -> None
                     len(skipped), split, names)
 
 
-def read_rgb_png(path: epath.Path) -> bytes:
+def read_rgb_png(path: epath.Path, stored_hw: Sequence[int] | None = None) -> bytes:
   """PNG bytes of an RGB image, after checking that the whole file decodes.
 
   An RGB PNG is passed through unchanged (no re-encoding cost); anything else (JPEG, RGBA,
   palette) is converted to RGB and encoded as PNG, so every stored image decodes to [H, W, 3].
+  With `stored_hw` (height, width) the image is resized to it with PIL's BICUBIC, the exact
+  resize the training input pipeline would do (`resize_rgb`).
   """
   data = path.read_bytes()
   try:
@@ -189,9 +191,23 @@ def read_rgb_png(path: epath.Path) -> bytes:
     image.load()
   except (OSError, SyntaxError, ValueError) as e:
     raise _unreadable(path, e) from None
+  if stored_hw and image.size != (stored_hw[1], stored_hw[0]):
+    return encode_png(resize_rgb(np.asarray(image.convert("RGB")), stored_hw))
   if image.format == "PNG" and image.mode == "RGB":
     return data
   return encode_png(image.convert("RGB"))
+
+
+def resize_rgb(rgb: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+  """PIL BICUBIC resize of uint8 [H, W, 3] to (height, width): seat_jax's training resize."""
+  return np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.Resampling.BICUBIC))
+
+
+def resize_ids(ids: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+  """PIL NEAREST resize of a uint8 [H, W] id map (never mixes ids): seat_jax's label resize."""
+  if ids.shape == tuple(hw):
+    return ids
+  return np.asarray(Image.fromarray(ids).resize((hw[1], hw[0]), Image.Resampling.NEAREST))
 
 
 def read_label_ids(path: epath.Path) -> np.ndarray:
@@ -319,19 +335,24 @@ def generate_paired_examples(
     table: IdTable,
     info: Any,
     split: str,
+    stored_hw: Sequence[int] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
   """(key, example) pairs for TFDS from (id, image, label) triples, decoded on threads.
 
   `read_raw_ids(label_path)` returns the label file's raw ids [H, W]; `table` maps them to train
   ids. Files holding ids outside the table are recorded in the build's metadata at the end.
+  With `stored_hw` (height, width) images and labels are stored resized to it (bicubic /
+  nearest, as the input pipeline resizes), so training decodes fewer pixels.
   """
 
   def make_example(triple):
     example_id, image_path, label_path = triple
-    image = read_rgb_png(image_path)
+    image = read_rgb_png(image_path, stored_hw)
     raw_ids = read_raw_ids(label_path)
-    return (example_id, label_path, image, table.to_train_ids(raw_ids),
-            table.unknown_id_counts(raw_ids))
+    train_ids = table.to_train_ids(raw_ids)
+    if stored_hw:
+      train_ids = resize_ids(train_ids, stored_hw)
+    return (example_id, label_path, image, train_ids, table.unknown_id_counts(raw_ids))
 
   unknown = []
   for example_id, label_path, image, train_ids, counts in ordered_map(make_example, triples):

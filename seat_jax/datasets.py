@@ -96,11 +96,12 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
 
   Args:
     name: a registry name ('gta5', 'synthia', 'cityscapes', 'synthetic_streets').
-    data_dir: the TFDS data dir; the dataset lands in <data_dir>/<name>/[<config>/]1.0.0/.
+    data_dir: the TFDS data dir; the dataset lands in <data_dir>/<name>/[<config>/]<version>/.
     manual_dir: the folder with the extracted downloads (see each builder's
       MANUAL_DOWNLOAD_INSTRUCTIONS); None means TFDS's <data_dir>/downloads/manual.
-    builder_config: a config name ('original'/'translated' for gta5, 'source'/'target' for
-      synthetic_streets), a BuilderConfig object, or None/'' for the default.
+    builder_config: a config name (gta5: 'original', 'translated', 'original_1280x720',
+      'translated_1280x720'; cityscapes: 'full', 'train_1024x512'; synthetic_streets:
+      'source', 'target'), a BuilderConfig object, or None/'' for the default.
 
   Returns:
     The prepared builder. Raises data_builders.common.DataError for missing or bad input files.
@@ -133,13 +134,34 @@ def get_builder(name: str, data_dir: str | None = None, builder_config: str | An
   if builder.is_prepared():
     return builder
   if get(name).generated:
-    return prepare(name, data_dir, builder_config=builder_config)
+    try:
+      return prepare(name, data_dir, builder_config=builder_config)
+    except FileExistsError:  # another process of the same run built it at the same moment
+      builder = make_builder(name, data_dir, builder_config)
+      if builder.is_prepared():
+        return builder
+      raise
   config_name = builder.builder_config_name or ""
   desc = f"dataset {name!r}" + (f" (builder_config {config_name!r})" if config_name else "")
   raise DatasetNotPreparedError(
       f"{desc} is not prepared in data_dir {builder.data_dir_root}. Build it with:\n"
       f"  {prepare_command(name, config_name, builder.data_dir_root)}\n"
-      f"where --manual_dir is {get(name).manual_dir_hint} (README, 'Preparing the datasets').")
+      f"where --manual_dir is {get(name).manual_dir_hint} (README, 'Preparing the datasets')."
+      + _older_layout_hint(builder, name, config_name))
+
+
+def _older_layout_hint(builder, name: str, config_name: str) -> str:
+  """Points at a build made before the dataset had builder configs (e.g. cityscapes 1.0.0)."""
+  root = os.path.join(builder.data_dir_root, name)
+  if not config_name or not os.path.isdir(root):
+    return ""
+  versions = sorted(d for d in os.listdir(root) if d[:1].isdigit())
+  if not versions:
+    return ""
+  default = builder.BUILDER_CONFIGS[0].name
+  return (f"\n{os.path.join(root, versions[-1])} holds a build from before {name!r} had builder "
+          f"configs (the data of its default config {default!r}); it is not read any more, so "
+          "build the config you need with the command above and delete that folder.")
 
 
 def open_data_source(split_config, data_dir: str, *, split: str | None = None,

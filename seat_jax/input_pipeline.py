@@ -4,8 +4,14 @@ Training (`create_train_iterator`): one infinite stream per domain, each with it
 the source and target streams never share shuffles or crops. A stream is
 
   data source -> this host's slice -> shuffle -> repeat (reshuffled every epoch)
-  -> random_map(resize, crop, flip, FDA, BGR minus Caffe mean) -> batch -> to_iter_dataset
-  -> mp_prefetch (when config.data.worker_count > 0).
+  -> random_map(decode, draw crop/flip/FDA partner[, resize, crop, flip, FDA, BGR minus mean])
+  -> batch -> to_iter_dataset -> mp_prefetch (when the worker count is > 0).
+
+Where the pixel work runs is config.data.preprocess_on: 'device' (default) sends uint8 images at
+their stored size plus the drawn parameters, and `device_preprocessing` does the rest on the
+accelerator (`TrainingBatches` applies it); 'host' does it all here with PIL (`TrainTransform`),
+as the references do. Both draw the same random numbers in the same order, so they give the same
+batches up to rare one-level rounding differences (tests/test_device_preprocessing.py).
 
 All randomness comes from grain's per-index generators, so a stream is a pure function of
 (seed, position): the same seed gives the same batches whatever the worker count, and an
@@ -30,6 +36,7 @@ bytes}) so tests and benchmarks can inject tiny in-memory sources.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import zlib
 from typing import Any, Mapping, Sequence
@@ -40,13 +47,19 @@ import numpy as np
 from PIL import Image
 
 from seat_jax import datasets
+from seat_jax import device_preprocessing as dp
 from seat_jax import errors
 from seat_jax import fda
 from seat_jax import labels
 from seat_jax.models.seat_norm import DOMAINS
 
 # Caffe ImageNet mean in B, G, R order (AdaptSegNet IMG_MEAN).
-CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+CAFFE_MEAN_BGR = dp.CAFFE_MEAN_BGR
+
+# config.data.preprocess_on: where resize, crop, flip, FDA and the mean subtraction run.
+PREPROCESS_ON = ("device", "host")
+# config.data.worker_count: this value picks the count with `auto_worker_count`.
+AUTO_WORKERS = -1
 
 # The keys of the global batch the train step reads.
 SOURCE_IMAGE, SOURCE_LABEL = "source_image", "source_label"
@@ -100,8 +113,18 @@ def _label_2d(label: np.ndarray) -> np.ndarray:
   return label[..., 0] if label.ndim == 3 else label
 
 
-def _read_example(example: Mapping[str, Any], dataset: str, *, with_label: bool):
-  """(image uint8 [H, W, 3], label uint8 [H, W] or None, id) with a checked image/label size."""
+def _same_aspect(a_hw: Sequence[int], b_hw: Sequence[int]) -> bool:
+  """Aspect ratios equal within 1% (the gta5 'translated' builder's rule for rescaled images)."""
+  return abs(a_hw[0] * b_hw[1] - b_hw[0] * a_hw[1]) <= 0.01 * a_hw[1] * b_hw[0]
+
+
+def _read_example(example: Mapping[str, Any], dataset: str, *, with_label: bool,
+                  allow_rescaled: bool = False):
+  """(image uint8 [H, W, 3], label uint8 [H, W] or None, id) with a checked image/label size.
+
+  `allow_rescaled` accepts an image at another resolution than its label but with the same
+  aspect ratio (CycleGAN-translated GTA5): training resizes both to resize_hw anyway.
+  """
   image = np.asarray(example["image"])
   example_id = _as_str(example["id"])
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
@@ -111,10 +134,12 @@ def _read_example(example: Mapping[str, Any], dataset: str, *, with_label: bool)
   if not with_label:
     return image, None, example_id
   label = _label_2d(np.asarray(example["label"]))
-  if label.shape != image.shape[:2]:
+  if label.shape != image.shape[:2] and not (allow_rescaled
+                                             and _same_aspect(label.shape, image.shape)):
     raise ValueError(
         f"Example '{example_id}' of {dataset}: image is {image.shape[0]}x{image.shape[1]} "
-        f"but its label is {label.shape[0]}x{label.shape[1]} (height x width); they must match. "
+        f"but its label is {label.shape[0]}x{label.shape[1]} (height x width); they must match"
+        f"{' or at least have the same aspect ratio' if allow_rescaled else ''}. "
         "Rebuild the dataset or fix the source files.")
   return image, label, example_id
 
@@ -176,26 +201,50 @@ class TrainTransform(grain.transforms.RandomMap):
 
   def random_map(self, example, rng: np.random.Generator):
     stored_label = self.with_label and not self.pseudo_label_dir
-    image, label, example_id = _read_example(example, self.dataset, with_label=stored_label)
+    image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
+                                             allow_rescaled=True)
+    top, left, flipped, fda_index = self.draw(rng)
+    stored_hw = image.shape[:2]
     image = resize_image(image, self.resize_hw)
     if self.pseudo_label_dir:
-      label = self._pseudo_label(example_id, example["image"].shape[:2])
+      label = self._pseudo_label(example_id, stored_hw)
     elif label is not None:
       label = resize_label(label, self.resize_hw)
-    image, label = self._crop(image, label, rng)
-    if self.flip and rng.random() < 0.5:
+    if self.crop_hw:
+      window = (slice(top, top + self.crop_hw[0]), slice(left, left + self.crop_hw[1]))
+      image, label = image[window], (None if label is None else label[window])
+    if flipped:
       image = image[:, ::-1]
       label = None if label is None else label[:, ::-1]
     pixels = image
-    if self.fda_beta > 0:
-      pixels = fda.fda_source_to_target(image, self._random_fda_image(image.shape[:2], rng),
-                                        self.fda_beta)
+    if fda_index is not None:
+      partner = resize_image(np.asarray(self.fda_images[fda_index]["image"]), image.shape[:2])
+      pixels = fda.fda_source_to_target(image, partner, self.fda_beta)
     out = {"image": to_model_input(pixels)}
     if label is not None:
       if self.label_lut is not None:
         label = self.label_lut[label]
       out["label"] = label.astype(np.int32)
     return out
+
+  def draw(self, rng: np.random.Generator) -> tuple[int, int, bool, int | None]:
+    """(crop top, crop left, flip, FDA partner index or None): every random choice of an example.
+
+    Both preprocessing paths draw through here, in this order, so they see the same numbers.
+    """
+    top = left = 0
+    if self.crop_hw:
+      (height, width), (crop_h, crop_w) = self.resize_hw, self.crop_hw
+      if crop_h > height or crop_w > width:
+        raise ValueError(
+            f"{self.dataset}: crop_hw {self.crop_hw} is larger than resize_hw {self.resize_hw}.")
+      top = int(rng.integers(0, height - crop_h + 1))
+      left = int(rng.integers(0, width - crop_w + 1))
+    flipped = bool(self.flip and rng.random() < 0.5)
+    fda_index = None
+    if self.fda_beta > 0:
+      fda_index = int(rng.integers(0, len(self.fda_images)))
+    return top, left, flipped, fda_index
 
   def _pseudo_label(self, example_id: str, stored_hw) -> np.ndarray:
     label = read_pseudo_label(self.pseudo_label_dir, example_id)
@@ -208,22 +257,44 @@ class TrainTransform(grain.transforms.RandomMap):
         f"{label.shape[1]}; expected the target resize_hw {tuple(self.resize_hw)} or the stored "
         f"image size {tuple(stored_hw)}. Regenerate the pseudo-labels with this config.")
 
-  def _crop(self, image, label, rng):
-    if not self.crop_hw:
-      return image, label
-    height, width = image.shape[:2]
-    crop_h, crop_w = self.crop_hw
-    if crop_h > height or crop_w > width:
-      raise ValueError(
-          f"{self.dataset}: crop_hw {self.crop_hw} is larger than resize_hw {self.resize_hw}.")
-    top = int(rng.integers(0, height - crop_h + 1))
-    left = int(rng.integers(0, width - crop_w + 1))
-    window = (slice(top, top + crop_h), slice(left, left + crop_w))
-    return image[window], (None if label is None else label[window])
 
-  def _random_fda_image(self, hw, rng) -> np.ndarray:
-    example = self.fda_images[int(rng.integers(0, len(self.fda_images)))]
-    return resize_image(np.asarray(example["image"]), hw)
+def _at_size(array: np.ndarray, hw: tuple[int, int] | None, resize) -> np.ndarray:
+  """`array` at `hw` (its stream's stored size): resized on the host only if it is not."""
+  return array if hw is None or array.shape[:2] == tuple(hw) else resize(array, hw)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RawTrainTransform(TrainTransform):
+  """One training example -> what `device_preprocessing.preprocess` needs (the device path).
+
+  {'image': uint8 [H, W, 3], 'label': uint8 [h, w] (optional), 'crop': int32 [2], 'flip':
+  bool, 'fda_image': uint8 [Ht, Wt, 3] (with FDA)}: decoded pixels at the stream's stored sizes
+  and the example's random draws (`draw`, as the host path). A batch must have one shape, and
+  the device compiles once per shape, so an image (label, FDA partner) at another size than
+  `image_hw` (`label_hw`, `fda_hw`), the sizes of the split's first example, is resized to it
+  here with PIL. The prepared datasets store one size per split, so that never happens there.
+  Pseudo-labels arrive at resize_hw. The label LUT is applied on the device.
+  """
+
+  image_hw: tuple[int, int] | None = None
+  label_hw: tuple[int, int] | None = None
+  fda_hw: tuple[int, int] | None = None
+
+  def random_map(self, example, rng: np.random.Generator):
+    stored_label = self.with_label and not self.pseudo_label_dir
+    image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
+                                             allow_rescaled=True)
+    top, left, flipped, fda_index = self.draw(rng)
+    out = {dp.IMAGE: _at_size(image, self.image_hw, resize_image),
+           dp.CROP: np.array([top, left], np.int32), dp.FLIP: np.bool_(flipped)}
+    if self.pseudo_label_dir:
+      out[dp.LABEL] = self._pseudo_label(example_id, image.shape[:2])
+    elif label is not None:
+      out[dp.LABEL] = _at_size(label, self.label_hw, resize_label)
+    if fda_index is not None:
+      partner = np.asarray(self.fda_images[fda_index]["image"])
+      out[dp.FDA_IMAGE] = _at_size(partner, self.fda_hw, resize_image)
+    return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -312,6 +383,105 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+def preprocess_on(config) -> str:
+  """config.data.preprocess_on, checked: 'device' or 'host'."""
+  where = config.data.get("preprocess_on", "device")
+  if where not in PREPROCESS_ON:
+    raise errors.UsageError(
+        f"config.data.preprocess_on={where!r} is not one of {PREPROCESS_ON}: 'device' resizes, "
+        "crops, flips and normalises on the accelerator (fast), 'host' does it with PIL on the "
+        "CPU (the references' exact code path).")
+  return where
+
+
+# Host CPU per training example of the costlier stream on the device path, from full-size PNGs
+# (source image + label decode, draws, batching: ~35 ms measured, benchmarks/RESULTS.md), and
+# the shortest step time per example on one accelerator the workers must keep up with (the
+# issue's H100/H200 estimate at the paper's sizes).
+HOST_MS_PER_EXAMPLE = 40.0
+FASTEST_STEP_MS = 12.0
+
+
+def auto_worker_count(cpu_count: int, backend: str, local_devices: int) -> int:
+  """Grain worker processes per domain for config.data.worker_count = -1 (the default).
+
+  On the CPU backend the train step itself uses every core, so workers would only compete with
+  it: 0 (grain's reader threads still prefetch). On accelerators, which each take an example
+  per FASTEST_STEP_MS at best, enough workers to decode that many (local_devices * 40 / 12,
+  rounded up), within the host's cores less 2 (the training process and grain's readers)
+  shared by the two domains; at least 1, so input always overlaps with the step.
+  """
+  if backend == "cpu":
+    return 0
+  needed = -(-local_devices * HOST_MS_PER_EXAMPLE // FASTEST_STEP_MS)
+  return int(max(1, min(needed, (cpu_count - 2) // 2)))
+
+
+def worker_count(config) -> int:
+  """config.data.worker_count, or the automatic choice when it is -1."""
+  count = int(config.data.get("worker_count", AUTO_WORKERS))
+  if count == AUTO_WORKERS:
+    return auto_worker_count(len(os.sched_getaffinity(0)), jax.default_backend(),
+                             jax.local_device_count())
+  if count < 0:
+    raise errors.UsageError(
+        f"config.data.worker_count={count}: use -1 (automatic), 0 (no worker processes) or a "
+        "number of grain worker processes per domain.")
+  return count
+
+
+def _stored_hw(data_source, key: str, what: str) -> tuple[int, int]:
+  """The (height, width) of `key` in the first example: the stream's stored size."""
+  if len(data_source) == 0:
+    raise errors.InvalidInputError(f"{what} has no examples; rebuild it or pick another split.")
+  return tuple(int(v) for v in np.shape(data_source[0][key])[:2])
+
+
+def _train_split(config, domain: str, data_source, fda_data_source):
+  """What a domain's stream reads: (split config, data source, FDA source, pseudo_label_dir)."""
+  if domain not in DOMAINS:
+    raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}.")
+  data = config.data
+  split_config = data[domain]
+  pseudo_label_dir = "" if domain == "source" else (split_config.get("pseudo_label_dir", "") or "")
+  if pseudo_label_dir and not os.path.isdir(pseudo_label_dir):
+    raise errors.MissingInputError(
+        f"config.data.target.pseudo_label_dir={pseudo_label_dir!r} is not a directory; generate "
+        "pseudo-labels first (mode=pseudo_labels) or clear the field for stage 1.")
+  with_label = domain == "source" or bool(pseudo_label_dir)
+  if data_source is None:
+    data_source = datasets.open_data_source(split_config, data.data_dir,
+                                            decode_label=with_label and not pseudo_label_dir)
+  fda_beta = float(data.get("fda_beta", 0.0)) if domain == "source" else 0.0
+  fda.low_freq_half_width(1, 1, fda_beta)  # validates beta early
+  if fda_beta > 0 and fda_data_source is None:
+    fda_data_source = datasets.open_data_source(data.target, data.data_dir, decode_label=False)
+  return split_config, data_source, (fda_data_source if fda_beta > 0 else None), pseudo_label_dir
+
+
+def _sizes(split_config, domain: str) -> tuple[tuple[int, int], tuple[int, int] | None]:
+  resize_hw = _check_hw(split_config.resize_hw, f"config.data.{domain}.resize_hw")
+  crop_hw = None
+  if split_config.get("crop_hw"):
+    crop_hw = _check_hw(split_config.crop_hw, f"config.data.{domain}.crop_hw")
+    if crop_hw[0] > resize_hw[0] or crop_hw[1] > resize_hw[1]:
+      raise ValueError(
+          f"config.data.{domain}.crop_hw={crop_hw} must fit inside resize_hw={resize_hw}.")
+  return resize_hw, crop_hw
+
+
+def device_spec(config, domain: str) -> dp.StreamSpec:
+  """What the device does to `domain`'s raw batches (config.data.preprocess_on='device')."""
+  split_config = config.data[domain]
+  resize_hw, crop_hw = _sizes(split_config, domain)
+  pseudo = domain == "target" and bool(split_config.get("pseudo_label_dir", ""))
+  lut = None if pseudo else label_lut(config.data.label_space, split_config.name)
+  return dp.StreamSpec(
+      resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
+      label_lut=None if lut is None else tuple(int(v) for v in lut),
+      fda_beta=float(config.data.get("fda_beta", 0.0)) if domain == "source" else 0.0)
+
+
 def create_train_iterator(
     config,
     domain: str,
@@ -323,10 +493,13 @@ def create_train_iterator(
 ):
   """An infinite grain iterator of per-host training batches of `domain` ('source'|'target').
 
-  Batches are {'image': float32 [B_local, h, w, 3] BGR minus mean, 'label': int32
-  [B_local, h, w]}; the target has 'label' only when config.data.target.pseudo_label_dir is set.
-  The iterator supports get_state()/set_state(); the state is a JSON-serialisable dict (grain's
-  own orbax `save`/`load` write it as JSON).
+  With config.data.preprocess_on='host' batches are {'image': float32 [B_local, h, w, 3] BGR
+  minus mean, 'label': int32 [B_local, h, w]}. With 'device' they are the raw batches that
+  `device_preprocessing.preprocess(batch, device_spec(config, domain))` turns into those:
+  uint8 pixels at their stored size plus each example's crop and flip draws (and FDA partner).
+  The target has a label only when config.data.target.pseudo_label_dir is set. The iterator
+  supports get_state()/set_state(); the state is a JSON-serialisable dict (grain's own orbax
+  `save`/`load` write it as JSON).
 
   Args:
     config: the full config (data.*, train.batch_size).
@@ -336,53 +509,38 @@ def create_train_iterator(
     fda_data_source: injected target-train images for FDA (default: config.data.target's split).
     read_threads: grain read threads per process (default 1 with workers, else 2).
   """
-  if domain not in DOMAINS:
-    raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}.")
-  data = config.data
-  split_config = data[domain]
-  is_source = domain == "source"
-  pseudo_label_dir = "" if is_source else (split_config.get("pseudo_label_dir", "") or "")
-  if pseudo_label_dir and not os.path.isdir(pseudo_label_dir):
-    raise errors.MissingInputError(
-        f"config.data.target.pseudo_label_dir={pseudo_label_dir!r} is not a directory; generate "
-        "pseudo-labels first (mode=pseudo_labels) or clear the field for stage 1.")
-  with_label = is_source or bool(pseudo_label_dir)
-  if data_source is None:
-    data_source = datasets.open_data_source(split_config, data.data_dir,
-                                            decode_label=with_label and not pseudo_label_dir)
-  fda_beta = float(data.get("fda_beta", 0.0)) if is_source else 0.0
-  if fda_beta > 0 and fda_data_source is None:
-    fda_data_source = datasets.open_data_source(data.target, data.data_dir, decode_label=False)
-  fda.low_freq_half_width(1, 1, fda_beta)  # validates beta early
-  resize_hw = _check_hw(split_config.resize_hw, f"config.data.{domain}.resize_hw")
-  crop_hw = None
-  if split_config.get("crop_hw"):
-    crop_hw = _check_hw(split_config.crop_hw, f"config.data.{domain}.crop_hw")
-    if crop_hw[0] > resize_hw[0] or crop_hw[1] > resize_hw[1]:
-      raise ValueError(
-          f"config.data.{domain}.crop_hw={crop_hw} must fit inside resize_hw={resize_hw}.")
-  transform = TrainTransform(
-      dataset=_dataset_desc(split_config),
-      resize_hw=resize_hw,
-      crop_hw=crop_hw,
-      flip=bool(data.get("flip", False)),
-      with_label=with_label,
-      # Pseudo-labels are written by the model, so they are already in its label space.
-      label_lut=None if pseudo_label_dir else label_lut(data.label_space, split_config.name),
-      pseudo_label_dir=pseudo_label_dir,
-      fda_beta=fda_beta,
-      fda_images=fda_data_source if fda_beta > 0 else None,
-  )
+  on_device = preprocess_on(config) == "device"
+  split_config, data_source, fda_data_source, pseudo_label_dir = _train_split(
+      config, domain, data_source, fda_data_source)
+  resize_hw, crop_hw = _sizes(split_config, domain)
+  with_label = domain == "source" or bool(pseudo_label_dir)
+  desc = _dataset_desc(split_config)
+  common = dict(
+      dataset=desc, resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
+      with_label=with_label, pseudo_label_dir=pseudo_label_dir,
+      fda_beta=float(config.data.get("fda_beta", 0.0)) if fda_data_source is not None else 0.0,
+      fda_images=fda_data_source)
+  if on_device:
+    transform = RawTrainTransform(
+        **common,
+        image_hw=_stored_hw(data_source, "image", desc),
+        label_hw=(_stored_hw(data_source, "label", desc)
+                  if with_label and not pseudo_label_dir else None),
+        fda_hw=(None if fda_data_source is None
+                else _stored_hw(fda_data_source, "image", "the FDA target images")))
+  else:
+    # Pseudo-labels are written by the model, so they are already in its label space.
+    lut = None if pseudo_label_dir else label_lut(config.data.label_space, split_config.name)
+    transform = TrainTransform(**common, label_lut=lut)
   process_count = jax.process_count()
+  batch_size = local_batch_size(config.train.batch_size, process_count)
   ds = make_train_dataset(
-      data_source, transform,
-      batch_size=local_batch_size(config.train.batch_size, process_count),
-      seed=seed, domain=domain,
+      data_source, transform, batch_size=batch_size, seed=seed, domain=domain,
       process_index=jax.process_index(), process_count=process_count)
-  worker_count = int(data.get("worker_count", 0))
+  workers = worker_count(config)
   if read_threads is None:
-    read_threads = 1 if worker_count > 0 else 2
-  return _to_iterator(ds, worker_count, int(data.get("prefetch_buffer_size", 2)), read_threads)
+    read_threads = 1 if workers > 0 else 2
+  return _to_iterator(ds, workers, int(config.data.get("prefetch_buffer_size", 2)), read_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,12 +610,15 @@ def to_global_batch(batch: Mapping[str, Any],
 
 
 class TrainingBatches:
-  """The train step's global batches: one stream per domain, merged and sharded.
+  """The train step's global batches: one stream per domain, merged, sharded and preprocessed.
 
   Yields {SOURCE_IMAGE, SOURCE_LABEL[, TARGET_IMAGE[, TARGET_LABEL]]} as global jax.Arrays
   sharded by `sharding`. A source-only run reads no target; the target carries labels only in
-  stage 2 (`target_has_labels`). `get_state()` / `set_state()` are the streams' positions, the
-  JSON the checkpoints keep so a resumed run sees the same batches.
+  stage 2 (`target_has_labels`). With config.data.preprocess_on='device' the host batches are
+  raw uint8 pixels and draws, and one jitted call per step (sharded like the batch, dispatched
+  asynchronously ahead of the step) turns them into model inputs. `get_state()` / `set_state()`
+  are the streams' positions, the JSON the checkpoints keep so a resumed run sees the same
+  batches; the device part is a pure function of the raw batch, so it needs no state.
   """
 
   def __init__(self, config, sharding: jax.sharding.Sharding, *, with_target: bool = True):
@@ -466,19 +627,29 @@ class TrainingBatches:
         domain: create_train_iterator(config, domain, seed=config.seed) for domain in domains}
     self.target_labels = with_target and target_has_labels(config)
     self.sharding = sharding
+    self.device_fn = None
+    if preprocess_on(config) == "device":
+      specs = {domain: device_spec(config, domain) for domain in domains}
+      # Every op is per example, so each device preprocesses its own shard: shard_map says so
+      # (under plain jit XLA's partitioner gathers the batch around the FFTs).
+      self.device_fn = jax.jit(jax.shard_map(
+          functools.partial(dp.preprocess_streams, specs=specs), mesh=sharding.mesh,
+          in_specs=(sharding.spec,), out_specs=sharding.spec), out_shardings=sharding)
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    source = next(self.iterators["source"])
-    batch = {SOURCE_IMAGE: source["image"], SOURCE_LABEL: source["label"]}
-    if "target" in self.iterators:
-      target = next(self.iterators["target"])
-      batch[TARGET_IMAGE] = target["image"]
+    streams = {domain: next(it) for domain, it in self.iterators.items()}
+    if self.device_fn is not None:
+      streams = self.device_fn(
+          {domain: to_global_batch(batch, self.sharding) for domain, batch in streams.items()})
+    batch = {SOURCE_IMAGE: streams["source"]["image"], SOURCE_LABEL: streams["source"]["label"]}
+    if "target" in streams:
+      batch[TARGET_IMAGE] = streams["target"]["image"]
       if self.target_labels:
-        batch[TARGET_LABEL] = target["label"]
-    return to_global_batch(batch, self.sharding)
+        batch[TARGET_LABEL] = streams["target"]["label"]
+    return batch if self.device_fn is not None else to_global_batch(batch, self.sharding)
 
   def get_state(self) -> dict[str, Any]:
     return {domain: it.get_state() for domain, it in self.iterators.items()}

@@ -21,7 +21,9 @@ _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder with the extracted download (not needed for synthetic_streets).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default ~/tensorflow_datasets).")
 _BUILDER_CONFIG = flags.DEFINE_string(
-    "builder_config", None, "gta5: original|translated; synthetic_streets: source|target.")
+    "builder_config", None,
+    "gta5: original|translated|original_1280x720|translated_1280x720; cityscapes: "
+    "full|train_1024x512; synthetic_streets: source|target.")
 
 
 def run(argv: list[str]) -> int:

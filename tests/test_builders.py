@@ -1,5 +1,8 @@
 """GTA5, SYNTHIA and Cityscapes builders on tiny fake copies of the real layouts and formats.
 
+Also the pre-resized configs (gta5 *_1280x720, cityscapes train_1024x512): they must store
+exactly the resize that training does, so that training on them sees the same batches.
+
 Each dataset is built once per module into a tmp dir with `seat_jax.datasets.prepare` and
 read back with `tfds.data_source`; the expected train ids come from hand-written id tables,
 not from seat_jax.labels.
@@ -18,7 +21,10 @@ from data_builders.cityscapes import make_fake_data as fake_cityscapes
 from data_builders.gta5 import make_fake_data as fake_gta5
 from data_builders.synthia import make_fake_data as fake_synthia
 from data_builders.synthia import synthia_dataset_builder
+from seat_jax import config_defaults
 from seat_jax import datasets
+from seat_jax import device_preprocessing
+from seat_jax import input_pipeline
 from seat_jax import prepare_data
 
 # Hand-written expectations for the ids the fake data uses (REFERENCE 4.1).
@@ -106,6 +112,65 @@ def test_gta5_translated_uses_other_image_folder(gta5):
   np.testing.assert_array_equal(example["image"], expected)
 
 
+def _pil_resize(array: np.ndarray, hw, resample) -> np.ndarray:
+  return np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), resample))
+
+
+@pytest.fixture(scope="module")
+def gta5_resized(gta5):
+  """The data_dir holding the fake GTA5 built with both 1280x720 configs."""
+  root = gta5[0]
+  data_dir = root / "data_1280x720"
+  for config in ("original_1280x720", "translated_1280x720"):
+    datasets.prepare("gta5", str(data_dir), str(root / "manual"), config)
+  return data_dir
+
+
+def test_gta5_pre_resized_configs_store_the_training_resize(gta5, gta5_resized):
+  _, _, written = gta5
+  data_dir = gta5_resized
+  original = _by_id(datasets.get_builder("gta5", str(data_dir), "original_1280x720")
+                    .as_data_source("train"))
+  translated = _by_id(datasets.get_builder("gta5", str(data_dir), "translated_1280x720")
+                      .as_data_source("train"))
+  assert sorted(original) == sorted(translated) == written["kept"]  # the same pairs skipped
+  for index, example_id in enumerate(written["ids"][:3]):
+    image = fake_gta5.fake_image(index, (8, 16))
+    label = _expected(fake_gta5.fake_label_ids(index, (8, 16)), CITYSCAPES_EXPECTED)
+    expected_label = _pil_resize(label, (720, 1280), Image.Resampling.NEAREST)
+    for examples, stored in ((original, image),
+                             (translated, _pil_resize(255 - image, (4, 8),
+                                                      Image.Resampling.BICUBIC))):
+      example = examples[example_id]
+      np.testing.assert_array_equal(
+          example["image"], _pil_resize(stored, (720, 1280), Image.Resampling.BICUBIC))
+      np.testing.assert_array_equal(example["label"][..., 0], expected_label)
+
+
+def test_training_on_a_pre_resized_config_sees_the_same_batches(gta5, gta5_resized):
+  """Host path on full-size data == host path and device path on the pre-resized data."""
+  root = gta5[0]
+  config = config_defaults.get_config()
+  config.train.batch_size = 1
+  config.data.flip = True
+  config.data.source.update(name="gta5", resize_hw=(720, 1280), crop_hw=(512, 1024))
+  batches = {}
+  for builder_config, data_dir, where in (("original", root / "data", "host"),
+                                          ("original_1280x720", gta5_resized, "host"),
+                                          ("original_1280x720", gta5_resized, "device")):
+    config.data.source.builder_config = builder_config
+    config.data.data_dir = str(data_dir)
+    config.data.preprocess_on = where
+    iterator = input_pipeline.create_train_iterator(config, "source", seed=1)
+    batches[builder_config, where] = [next(iterator) for _ in range(2)]
+  spec = input_pipeline.device_spec(config, "source")
+  for full, resized, raw in zip(*batches.values()):
+    device = device_preprocessing.preprocess(raw, spec)
+    for batch in (resized, device):
+      np.testing.assert_array_equal(np.asarray(batch["image"]), full["image"])
+      np.testing.assert_array_equal(np.asarray(batch["label"]), full["label"])
+
+
 def _copy_manual(gta5, tmp_path) -> epath.Path:
   manual = tmp_path / "manual"
   shutil.copytree(gta5[0] / "manual", manual)
@@ -182,10 +247,11 @@ def test_get_builder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"python -m seat_jax.prepare_data synthia "
                                               r"--manual_dir=<folder with the raw synthia files>"):
     datasets.get_builder("synthia", str(tmp_path))
-  with pytest.raises(ValueError, match=r"expected one of \['original', 'translated'\]"):
+  with pytest.raises(ValueError, match=r"expected one of \['original', 'translated', "
+                                       r"'original_1280x720', 'translated_1280x720'\]"):
     datasets.get_builder("gta5", str(tmp_path), "cyclegan")
   with pytest.raises(ValueError, match="has no builder configs"):
-    datasets.get_builder("cityscapes", str(tmp_path), "fine")
+    datasets.get_builder("synthia", str(tmp_path), "fine")
   with pytest.raises(ValueError, match="Unknown dataset 'kitti'"):
     datasets.get_builder("kitti", str(tmp_path))
 
@@ -290,9 +356,34 @@ def test_cityscapes_splits_ids_and_train_ids(cityscapes):
   assert "aachen_000000_000001" in written["train"]
 
 
+def test_cityscapes_train_1024x512_resizes_train_only(cityscapes):
+  root, _, written = cityscapes
+  data_dir = root / "data"
+  datasets.prepare("cityscapes", str(data_dir), str(root / "manual"), "train_1024x512")
+  builder = datasets.get_builder("cityscapes", str(data_dir), "train_1024x512")
+  train = _by_id(builder.as_data_source("train"))
+  for example_id, index in written["train"].items():
+    image = np.random.default_rng(index).integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    label = _expected(fake_cityscapes.fake_label_ids(index, (8, 16)), CITYSCAPES_EXPECTED)
+    np.testing.assert_array_equal(train[example_id]["image"],
+                                  _pil_resize(image, (512, 1024), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(train[example_id]["label"][..., 0],
+                                  _pil_resize(label, (512, 1024), Image.Resampling.NEAREST))
+  validation = builder.as_data_source("validation")  # full size: evaluation needs full labels
+  assert validation[0]["image"].shape == (8, 16, 3) and validation[0]["label"].shape == (8, 16, 1)
+
+
+def test_cityscapes_build_from_before_the_configs_gets_a_hint(tmp_path):
+  (tmp_path / "cityscapes" / "1.0.0").mkdir(parents=True)
+  with pytest.raises(datasets.DatasetNotPreparedError,
+                     match=r"(?s)builder_config 'full'.*cityscapes/1\.0\.0 holds a build from "
+                           r"before 'cityscapes' had builder configs"):
+    datasets.get_builder("cityscapes", str(tmp_path))
+
+
 def test_cityscapes_data_source_by_name(cityscapes):
   _, data_dir, _ = cityscapes
-  source = tfds.data_source("cityscapes", split="validation", data_dir=str(data_dir),
+  source = tfds.data_source("cityscapes/full", split="validation", data_dir=str(data_dir),
                             download=False)
   example = source[0]
   assert len(source) == 2 and example["image"].shape == (8, 16, 3)

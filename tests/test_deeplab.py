@@ -312,6 +312,26 @@ def test_bfloat16_compute_keeps_float32_params_stats_and_logits(tiny, images):
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(init16))
 
 
+def test_remat_blocks_keeps_variables_values_and_gradients(tiny, images):
+  model, variables, _ = tiny
+  remat = build_segmenter(_tiny_config(remat="blocks"))
+  shapes = lambda m: jax.tree.map(lambda x: x.shape, jax.eval_shape(m.init, jax.random.key(0),
+                                                                    images))
+  assert shapes(remat) == shapes(model)  # same tree: checkpoints do not depend on it
+
+  def loss(m, params):
+    (aux, main), updates = m.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                   images, domain="source", train=True, mutable=["batch_stats"])
+    return jnp.sum(main ** 2) + 0.1 * jnp.sum(aux ** 2), updates
+
+  grad = lambda m: jax.jit(jax.grad(lambda p: loss(m, p), has_aux=True))(variables["params"])
+  (g_plain, u_plain), (g_remat, u_remat) = grad(model), grad(remat)
+  # Recomputation changes float rounding only: 1e-5 of each tensor's largest value.
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+  jax.tree.map(close, g_remat, g_plain)
+  jax.tree.map(close, u_remat, u_plain)
+
+
 # ---------------------------------------------------------------- config
 
 def test_build_accepts_any_object_with_the_fields():
@@ -325,6 +345,7 @@ def test_build_accepts_any_object_with_the_fields():
     (dict(dtype="float16"), "model.dtype"),
     (dict(stage_sizes=(3, 4, 23)), "model.stage_sizes"),
     (dict(aspp_branches=5), "model.aspp_branches"),
+    (dict(remat="stages"), "model.remat"),
 ])
 def test_bad_config_is_named(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -1,4 +1,4 @@
-"""Input pipeline: preprocessing values, alignment, determinism, state, eval, errors, sharding.
+"""Input pipeline (host path): preprocessing values, alignment, determinism, state, eval, errors.
 
 Most tests inject tiny in-memory data sources; the last ones build the real synthetic_streets
 builder (when it exists) into a temporary data_dir.
@@ -62,6 +62,9 @@ def _config(batch_size=2, **data):
   config.data.val.update(name="synthetic_streets", builder_config="target", split="validation",
                          resize_hw=(16, 32))
   config.data.prefetch_buffer_size = 1
+  # These tests check the host path's values; tests/test_device_preprocessing.py checks that the
+  # device path (the default) gives the same batches.
+  config.data.preprocess_on = "host"
   for key, value in data.items():
     config.data[key] = value
   return config

@@ -12,6 +12,9 @@ ADVENT/DADA protocol (REFERENCE 4.2 (a)); lanemarking (22), void, parking-slot, 
 terrain/truck/train become 255. A label that is not a 16-bit multi-channel PNG (for example one
 of the 8-bit "parsed" or "mapped to Cityscapes" copies that other repos distribute) is refused:
 its values would be other ids.
+
+No pre-resized config: SYNTHIA is stored at 1280x760, already the references' input size, so
+training neither resizes it nor decodes more pixels than it uses.
 """
 
 import io

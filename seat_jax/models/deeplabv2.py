@@ -31,6 +31,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # Summed head branches: 4 = all (ADVENT, BDL, FDA); 2 = AdaptSegNet's early-return bug, which its
 # released checkpoints need (REFERENCE 1.1).
 ASPP_BRANCHES = (2, 4)
+# Rematerialisation: "blocks" keeps only each bottleneck's input for the backward pass and
+# recomputes the rest (memory for compute; README "Memory").
+REMAT_CHOICES = ("none", "blocks")
 HEAD_NAMES = ("aux_head", "main_head")
 
 conv_kernel_init = nn.initializers.normal(stddev=0.01)  # REFERENCE 1.2
@@ -134,11 +137,14 @@ class ResNetStage(nn.Module):
   dilation: int
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
+    # domain and train (arguments 2 and 3, after self and x) shape the graph: static.
+    block = nn.remat(Bottleneck, static_argnums=(2, 3)) if self.remat else Bottleneck
     for i in range(self.num_blocks):
-      x = Bottleneck(
+      x = block(
           planes=self.planes, stride=self.stride if i == 0 else 1, dilation=self.dilation,
           downsample=i == 0, norm=self.norm, dtype=self.dtype, name=f"block{i}")(x, domain, train)
     return x
@@ -184,6 +190,7 @@ class DeepLabV2(nn.Module):
   bn_affine_trainable: bool = True
   bn_train_stats: bool = True
   dtype: Any = "float32"
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, domain: str = "target", train: bool = False,
@@ -215,7 +222,7 @@ class DeepLabV2(nn.Module):
     for k, num_blocks in enumerate(self.stage_sizes):
       x = ResNetStage(
           num_blocks=num_blocks, planes=self.base_width * 2**k, stride=STAGE_STRIDES[k],
-          dilation=STAGE_DILATIONS[k], norm=norm, dtype=dtype,
+          dilation=STAGE_DILATIONS[k], norm=norm, dtype=dtype, remat=self.remat == "blocks",
           name=f"layer{k + 1}")(x, stage_domain(k + 1), train)
       stage_outputs.append(x)
 
@@ -233,6 +240,8 @@ class DeepLabV2(nn.Module):
       raise ValueError(
           f"model.stage_sizes must be four positive block counts (layer1..layer4), e.g. "
           f"{RESNET101_STAGES} for ResNet-101; got {tuple(self.stage_sizes)}.")
+    if self.remat not in REMAT_CHOICES:
+      raise ValueError(f"model.remat must be one of {REMAT_CHOICES}; got {self.remat!r}.")
     if not 1 <= self.aspp_branches <= len(tuple(self.aspp_dilations)):
       raise ValueError(
           f"model.aspp_branches must be between 1 and len(model.aspp_dilations)="
@@ -273,7 +282,7 @@ def build_segmenter(model_config: Any) -> DeepLabV2:
   """A DeepLabV2 from the model config (an ml_collections.ConfigDict or any object with the
   fields of `config_defaults.get_model_config`)."""
   fields = ("num_classes", "stage_sizes", "base_width", "aspp_branches", "aspp_dilations",
-            "norm_mode", "bn_affine_trainable", "bn_train_stats", "dtype")
+            "norm_mode", "bn_affine_trainable", "bn_train_stats", "dtype", "remat")
   missing = [f for f in fields if not hasattr(model_config, f)]
   if missing:
     raise ValueError(
@@ -288,7 +297,8 @@ def build_segmenter(model_config: Any) -> DeepLabV2:
       norm_mode=str(model_config.norm_mode),
       bn_affine_trainable=bool(model_config.bn_affine_trainable),
       bn_train_stats=bool(model_config.bn_train_stats),
-      dtype=str(model_config.dtype))
+      dtype=str(model_config.dtype),
+      remat=str(model_config.remat))
   model._check_attributes()  # fail at build time, with the config key named
   return model
 
