@@ -210,7 +210,8 @@ class TorchIteration:
     """(aux, main) logits of `domain`'s norms, upsampled to the images, in their dtype."""
     set_domain(self.model, domain)
     dtype = self.s.autocast_dtype
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+    with torch.autocast(images.device.type, dtype=dtype or torch.bfloat16,
+                        enabled=dtype is not None):
       outputs = self.model(images)
     return tuple(_up(x.to(images.dtype), images) for x in outputs)
 
