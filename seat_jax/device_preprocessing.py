@@ -77,14 +77,19 @@ def _round_to_levels(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.floor(x + 0.5), 0.0, 255.0)
 
 
+def _crop_axis(x: jax.Array, axis: int, out: int, offsets: jax.Array | None) -> jax.Array:
+  """The `out` samples of batch `x` along `axis` from each example's offset (None: from 0)."""
+  if offsets is None or out == x.shape[axis]:
+    return jax.lax.slice_in_dim(x, 0, out, axis=axis)
+  return jax.vmap(lambda xi, o: jax.lax.dynamic_slice_in_dim(xi, o, out, axis - 1))(x, offsets)
+
+
 def _bicubic_axis(x: jax.Array, axis: int, resize: int, out: int,
                   offsets: jax.Array | None) -> jax.Array:
   """Resizes batch `x` along `axis` to `resize` samples and keeps `out` of them from `offsets`."""
   size = x.shape[axis]
   if size == resize:  # nothing to resample: a plain (possibly empty) crop
-    if offsets is None or out == size:
-      return jax.lax.slice_in_dim(x, 0, out, axis=axis)
-    return jax.vmap(lambda xi, o: jax.lax.dynamic_slice_in_dim(xi, o, out, axis - 1))(x, offsets)
+    return _crop_axis(x, axis, out, offsets)
   scale = jnp.asarray([resize / size], jnp.float32)
   if offsets is None:
     shape = x.shape[:axis] + (out,) + x.shape[axis + 1:]
@@ -121,9 +126,7 @@ def _nearest_axis(y: jax.Array, axis: int, resize: int, out: int,
                   offsets: jax.Array | None) -> jax.Array:
   size = y.shape[axis]
   if size == resize:  # nothing to resample: a plain (possibly empty) crop
-    if offsets is None or out == size:
-      return jax.lax.slice_in_dim(y, 0, out, axis=axis)
-    return jax.vmap(lambda yi, o: jax.lax.dynamic_slice_in_dim(yi, o, out, axis - 1))(y, offsets)
+    return _crop_axis(y, axis, out, offsets)
   table = jnp.asarray(pil_nearest_indices(size, resize))
   if offsets is None:
     return jnp.take(y, table[:out], axis=axis)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import helpers
 from seat_jax import config_defaults
 from seat_jax import device_preprocessing as dp
 from seat_jax import input_pipeline as ip
@@ -20,15 +21,7 @@ from seat_jax import input_pipeline as ip
 MEAN_ABS_TOL, MAX_ABS_TOL = 0.05, 1.0 + 1e-3
 
 
-class ListSource:
-  def __init__(self, examples):
-    self._examples = list(examples)
-
-  def __len__(self):
-    return len(self._examples)
-
-  def __getitem__(self, index):
-    return self._examples[index]
+ListSource = helpers.ListSource
 
 
 def _photo_like(hw, seed):

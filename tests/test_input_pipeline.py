@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import helpers
 from seat_jax import config_defaults
 from seat_jax import datasets
 from seat_jax import fda
@@ -20,17 +21,7 @@ from seat_jax import input_pipeline as ip
 MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
 
 
-class ListSource:
-  """A random-access data source over a list of examples (what tfds.data_source looks like)."""
-
-  def __init__(self, examples):
-    self._examples = list(examples)
-
-  def __len__(self):
-    return len(self._examples)
-
-  def __getitem__(self, index):
-    return self._examples[index]
+ListSource = helpers.ListSource
 
 
 def _constant_examples(n, hw=(20, 40), labels=True):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-import tiny_runs
+import helpers
 from seat_jax import checkpointing
 from seat_jax import train
 from seat_jax import train_step
@@ -31,15 +31,15 @@ import sys
 import jax
 jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.py
 sys.path.insert(0, sys.argv[3])
-import tiny_runs
+import helpers
 from seat_jax import train
-config = tiny_runs.tiny_train_config(sys.argv[1], int(sys.argv[4]))
+config = helpers.tiny_train_config(sys.argv[1], int(sys.argv[4]))
 train.train_and_evaluate(config, sys.argv[2])
 """
 
 
 def config(data_dir, num_steps=NUM_STEPS):
-  return tiny_runs.tiny_train_config(data_dir, num_steps)
+  return helpers.tiny_train_config(data_dir, num_steps)
 
 
 def _model_variables(workdir, step=None):

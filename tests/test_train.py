@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-import tiny_runs
+import helpers
 from seat_jax import checkpointing
 from seat_jax import train
 from seat_jax import train_step
@@ -18,7 +18,7 @@ from seat_jax import train_step
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-_config = tiny_runs.tiny_train_config
+_config = helpers.tiny_train_config
 
 
 def _final_params(workdir):
