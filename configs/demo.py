@@ -2,10 +2,12 @@
 
 `--config=configs/demo.py` trains SEAT (multi-level); `:shared` trains the source-only baseline
 (plain BN, no adversary) and `:sat` the shared-affine variant. `make demo` runs all three.
+`:intrada`, `:intrada_seat` (+ `_stage2`) are IntraDA's two stages on the same data and budget.
+`:fda_b001`, `:fda_b005`, `:fda_b009` (+ `_seat`) are FDA's models on them (README, "FDA").
 """
 
 from seat_jax import presets
 
 
-def get_config(norm_mode: str = "seat"):
-  return presets.demo(norm_mode or "seat")
+def get_config(row: str = "seat"):
+  return presets.demo_row(row)

@@ -3,6 +3,12 @@
 Rows of the paper's ablation table as variants after a colon: `--config=configs/gta.py:aa`
 (AdaptSegNet single level, shared frozen BN), `:it` (+ translated source images), `:sat`,
 `:seat` (+ SEAT and the layer switch), and the default `mul` (+ multi-level adaptation).
+Table 4: `:adaptsegnet`, `:adaptsegnet_seat`, `:advent`, `:advent_seat`. Baselines:
+`:source_only` (then `--config.mode=adabn` for AdaBN) and `:cycada` (translated images alone).
+FDA: `:fda_b001`, `:fda_b005`, `:fda_b009` (one model per beta; `_seat` for SEAT norms); its MBT
+rounds: `python -m seat_jax.methods.fda` (README, "FDA").
+IntraDA: `:intrada`, `:intrada_seat` (its stage 1; then `--config.mode=entropy_rank` and
+configs/gta_stage2.py with the same row; README, "IntraDA").
 """
 
 from seat_jax import presets

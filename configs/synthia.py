@@ -3,6 +3,7 @@
 Rows of the paper's ablation table as variants after a colon: `--config=configs/synthia.py:aa`
 (AdaptSegNet single level, shared frozen BN), `:it` (+ translated source images), `:sat`,
 `:seat` (+ SEAT and the layer switch), and the default `mul` (+ multi-level adaptation).
+FDA: `:fda_b001`, `:fda_b005`, `:fda_b009` (`_seat` for SEAT norms; README, "FDA").
 """
 
 from seat_jax import presets

@@ -2,6 +2,8 @@
 
   python -m seat_jax.main --config=configs/synthia_stage2.py --workdir=DIR \
     --config.init_from=PRETRAINED_DIR --config.data.target.pseudo_label_dir=PSEUDO_DIR
+
+`:fda_b001` etc. are FDA's self-training rounds (pseudo_label_dir: an MBT's pseudo-labels).
 """
 
 from seat_jax import presets

@@ -10,7 +10,7 @@ import ml_collections
 from seat_jax import models
 
 # What `python -m seat_jax.main` can do with a config (config.mode).
-MODES = ("train", "eval", "pseudo_labels")
+MODES = ("train", "eval", "pseudo_labels", "adabn", "entropy_rank")
 
 
 def get_model_config() -> ml_collections.ConfigDict:
@@ -40,10 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data_dir; "" = the TFDS default (~/tensorflow_datasets)
   c.data.source = ml_collections.ConfigDict(dict(
       name="gta5", builder_config="original", split="train",
-      resize_hw=(720, 1280), crop_hw=(512, 1024)))
+      resize_hw=(720, 1280), crop_hw=(512, 1024),
+      # IntraDA stage 2 (the easy target images as "source"): only the ids listed in this file,
+      # labelled from this directory instead of the stored labels. "" = whole split / stored.
+      ids_file="", pseudo_label_dir=""))
   c.data.target = ml_collections.ConfigDict(dict(
       name="cityscapes", builder_config="", split="train",
       resize_hw=(512, 1024), crop_hw=(),
+      ids_file="",  # only the example ids listed in this file (IntraDA: the hard split)
       pseudo_label_dir=""))  # stage 2: read target labels from this directory
   c.data.val = ml_collections.ConfigDict(dict(
       name="cityscapes", builder_config="", split="validation",
@@ -70,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.aux_weight = 0.1  # CE(main) + aux_weight * CE(aux)
   c.loss.entropy_weight = 0.0  # ADVENT MinEnt on target, main head; 0 = off
   c.loss.entropy_weight_aux = 0.0  # ADVENT MinEnt on the aux head (ADVENT: 0.0002)
+  # FDA's robust entropy on the target's stride-8 main logits (FDA: 0.005, eta 2); 0 = off.
+  c.loss.robust_entropy_weight = 0.0
+  c.loss.robust_entropy_eta = 2.0
   c.loss.target_ce_weight = 1.0  # stage 2: CE on target pseudo-labels
 
   # Optimisation (SPEC section 4).
@@ -109,6 +116,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.step = -1  # -1 = every checkpoint in the dir (reports final and best); else that step
   c.eval.num_panels = 4  # input | ground truth | prediction panels written per evaluation
   c.eval.write_predictions = True  # Cityscapes labelId PNGs for cityscapesscripts
+  # Eval and pseudo_labels modes: average the softmax of these runs' checkpoints (FDA's MBT)
+  # instead of scoring eval.checkpoint, as "dir1,dir2,dir3" (a string: paths parse as typed);
+  # weights () = equal (FDA: .3333, .3333, .3334).
+  c.eval.ensemble = ""
+  c.eval.ensemble_weights = ()
 
   c.pseudo = ml_collections.ConfigDict()
   c.pseudo.rule = "global"  # global | class_quantile
@@ -119,5 +131,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Which stage-1 checkpoint labels the target: final (the last saved step, or eval.step) or
   # best_on_val (the step eval mode named best in <workdir>/eval/summary.json).
   c.pseudo.checkpoint = "final"
+
+  # AdaBN (mode adabn): target statistics of a source-only model from the target train split.
+  c.adabn = ml_collections.ConfigDict()
+  c.adabn.max_images = 0  # 0 = the whole split
+  c.adabn.output_dir = ""  # "" = <workdir>/adabn
+
+  # IntraDA (mode entropy_rank): rank the target train split by the stage-1 model's entropy
+  # (checkpoint chosen by pseudo.checkpoint), split it easy/hard, pseudo-label the easy part.
+  c.intrada = ml_collections.ConfigDict()
+  c.intrada.lambda_easy = 0.67  # the easy split: the first int(N * lambda) images by score
+  c.intrada.normalize = True  # IntraDA's rare-class normaliser (its published 46.3 uses it)
+  c.intrada.output_dir = ""  # "" = <workdir>/entropy_rank
   return c
 

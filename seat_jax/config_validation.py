@@ -7,8 +7,10 @@ from seat_jax import datasets
 from seat_jax import errors
 from seat_jax import labels
 from seat_jax import models
+from seat_jax import predict
 from seat_jax import pseudo_labels
 from seat_jax import train_step
+from seat_jax.methods import intrada
 
 # Each choice list is owned by the module that acts on it.
 CHOICES = {
@@ -82,10 +84,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "--torch=DeepLab_resnet_pretrained_init-f81d91e8.pth --out=/ckpt/init_coco\n"
         "    then add --config.init_from=/ckpt/init_coco (README, 'Pretrained weights'); or "
         f"--config.init_from={SCRATCH} to train from random weights on purpose")
+  problems += intrada.config_problems(config)
   if config.train.batch_size < 1:
     problems.append("config.train.batch_size must be >= 1")
   if num_devices and config.mode == "train" and config.train.batch_size % num_devices:
     problems.append(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
                     f"the {num_devices} devices (the batch is split across them)")
+  problems += _fda_problems(config)
   if problems:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _fda_problems(config) -> list[str]:
+  """FDA's keys: the robust entropy's exponent and the ensemble's weights (one per model)."""
+  problems = []
+  if config.loss.get("robust_entropy_weight", 0.0) and config.loss.robust_entropy_eta <= 0:
+    problems.append(f"config.loss.robust_entropy_eta={config.loss.robust_entropy_eta} must be "
+                    "> 0 (FDA: 2.0)")
+  paths = predict.ensemble_paths(config.eval.get("ensemble", ()))
+  weights = tuple(config.eval.get("ensemble_weights", ()))
+  if weights and len(weights) != len(paths):
+    problems.append(f"config.eval.ensemble_weights has {len(weights)} values for the "
+                    f"{len(paths)} models of config.eval.ensemble; give one per model or () "
+                    "for equal weights")
+  if paths and config.eval.checkpoint:
+    problems.append("config.eval.checkpoint and config.eval.ensemble are both set; clear one "
+                    "(--config.eval.checkpoint='')")
+  return problems

@@ -21,7 +21,8 @@ from seat_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where all runs and the table go.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the demo preset).")
-_SIZE = flags.DEFINE_string("size", "", "Override resize as HxW for a quicker smoke run, e.g. 32x64.")
+_SIZE = flags.DEFINE_string("size", "",
+                            "Override resize as HxW for a quicker smoke run, e.g. 32x64.")
 
 RUNS = (("source only", "source_only", "shared"), ("SAT", "sat", "sat"),
         ("SEAT", "seat", "seat"))

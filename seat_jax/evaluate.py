@@ -6,7 +6,8 @@ the main head's logits are upsampled (align_corners=True) to the label's FULL re
 
 `evaluate` scores one set of variables (also the periodic evaluation of training);
 `evaluate_checkpoints` is eval mode: it restores only the model item of each checkpoint and
-reports the final-step and the best-on-val figure, named as such.
+reports the final-step and the best-on-val figure, named as such. With `eval.ensemble` set, eval
+mode scores the average of several runs' softmax instead (`evaluate_ensemble`, FDA's MBT).
 """
 
 import json
@@ -28,6 +29,9 @@ from seat_jax import predict
 from seat_jax import progress as progress_lib
 from seat_jax import reports
 
+# Where eval mode writes an ensemble's scores, under the workdir.
+ENSEMBLE_DIR = "eval_ensemble"
+
 
 def _label_of(example: dict[str, Any]) -> np.ndarray:
   """The example's full-resolution ground truth [H, W] (its batch axis dropped)."""
@@ -42,7 +46,8 @@ def _label_of(example: dict[str, Any]) -> np.ndarray:
 def evaluate(model: Any, variables: Any, examples: Iterable[dict[str, Any]],
              config: ml_collections.ConfigDict, out_dir, *, step: int | None = None,
              writer: Any = None, progress: bool = True, total: int | None = None,
-             predict_fn: Callable[..., jax.Array] | None = None) -> dict[str, Any]:
+             predict_fn: Callable[..., jax.Array] | None = None,
+             run_name: str | None = None) -> dict[str, Any]:
   """Scores `variables` on `examples` (from input_pipeline.create_eval_iterator).
 
   Writes under out_dir/eval_step_<step> (or out_dir/eval): iou.md, iou.csv, panels/<id>.png
@@ -50,12 +55,14 @@ def evaluate(model: Any, variables: Any, examples: Iterable[dict[str, Any]],
   config.eval.write_predictions, predictions/<id>_pred_labelIds.png for cityscapesscripts.
   Returns {'step', 'num_images', 'miou' (the headline mean), each reported mean by name (e.g.
   'mIoU19'), 'iou' [C] per class (fractions, NaN = absent), 'classes', 'confusion', 'dir'}.
-  `predict_fn` (predict.make_predict_fn) lets callers pass their own compiled function.
+  `predict_fn` (predict.make_predict_fn) lets callers pass their own compiled function;
+  `run_name` replaces the eval_step_<step> folder name.
   """
   space = labels.label_space_for(config)
   predict_fn = predict_fn or predict.make_predict_fn(model, config.eval.source_stages)
   is_writer_host = jax.process_index() == 0
-  run_dir = epath.Path(out_dir) / (f"eval_step_{step}" if step is not None else "eval")
+  run_dir = epath.Path(out_dir) / (
+      run_name or (f"eval_step_{step}" if step is not None else "eval"))
   if is_writer_host:
     run_dir.mkdir(parents=True, exist_ok=True)
   if total is None and hasattr(examples, "__len__"):
@@ -121,6 +128,9 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir) -> dict[str
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (it imports TensorFlow)
 
+  if predict.ensemble_paths(config.eval.get("ensemble", ())):
+    result = evaluate_ensemble(config, workdir)
+    return {"results": [result], "final": result, "best": result}
   directory, steps = checkpointing.find_steps(config.eval.checkpoint or workdir, config.eval.step)
   space = labels.label_space_for(config)
   model = models.build_segmenter(config.model)
@@ -161,3 +171,35 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir) -> dict[str
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
   return {"results": results, "final": final, "best": best}
+
+
+def evaluate_ensemble(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
+  """Scores the weighted mean softmax of the config.eval.ensemble models (FDA's MBT).
+
+  Each model is a run's final checkpoint (or config.eval.step); the mean is taken at the output
+  stride and upsampled to the label's resolution (FDA `evaluation_multi.py`), on the images at
+  config.data.val.resize_hw (FDA feeds 1344x576 there; the presets keep 1024x512). Writes
+  <workdir>/eval_ensemble/ (iou.md, iou.csv, panels, predictions, summary.json) and returns
+  evaluate()'s result plus 'members'.
+  """
+  space = labels.label_space_for(config)
+  model = models.build_segmenter(config.model)
+  members, variables = predict.restore_ensemble(config, model)
+  predict_fn = predict.make_predict_fn(model, config.eval.source_stages,
+                                       ensemble_weights=[m["weight"] for m in members])
+  total = input_pipeline.num_eval_examples(config)
+  print(f"Evaluating the mean softmax of {len(members)} models on {config.data.val.name}/"
+        f"{config.data.val.split} ({total} images, {space.name}, source_stages="
+        f"{tuple(config.eval.source_stages)}):", flush=True)
+  for m in members:
+    print(f"  {m['checkpoint']} step {m['step']} (weight {m['weight']:.4f})", flush=True)
+  result = evaluate(model, variables, input_pipeline.create_eval_iterator(config), config,
+                    workdir, total=total, predict_fn=predict_fn, run_name=ENSEMBLE_DIR)
+  result["members"] = members
+  if jax.process_index() == 0:
+    summary = {"members": members, "label_space": space.name,
+               "source_stages": list(config.eval.source_stages), "num_images": result["num_images"],
+               "means": {n: result[n] for n in result if n.startswith("mIoU")}}
+    (epath.Path(result["dir"]) / "summary.json").write_text(
+        json.dumps(summary, indent=2, allow_nan=True) + "\n")
+  return result

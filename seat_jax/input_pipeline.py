@@ -17,6 +17,12 @@ All randomness comes from grain's per-index generators, so a stream is a pure fu
 (seed, position): the same seed gives the same batches whatever the worker count, and an
 iterator state (`get_state()`, a small JSON-serialisable dict) restores the exact position.
 
+Either domain's stream can be restricted to the examples listed in `data.<domain>.ids_file`
+(one example id per line) and take its labels from `data.<domain>.pseudo_label_dir`
+(`<id>.png` train ids) instead of the stored ones: SEAT's stage 2 labels the target this way,
+and IntraDA's stage 2 trains on an easy list of target images with pseudo-labels as its
+"source" and the hard list as its "target" (seat_jax/methods/intrada.py).
+
 Evaluation (`create_eval_iterator`): a finite stream of single examples in the data source's
 order, the image at model size, the label at full resolution.
 
@@ -160,15 +166,23 @@ def target_has_labels(config) -> bool:
   return bool(config.data.target.get("pseudo_label_dir", ""))
 
 
-def read_pseudo_label(pseudo_label_dir: str, example_id: str) -> np.ndarray:
-  """The stage-2 pseudo-label `<pseudo_label_dir>/<example_id>.png` as uint8 [H, W] train ids."""
+def domain_pseudo_label_dir(config, domain: str) -> str:
+  """config.data.<domain>.pseudo_label_dir ('' when unset: the stored labels, if any)."""
+  return config.data[domain].get("pseudo_label_dir", "") or ""
+
+
+def read_pseudo_label(pseudo_label_dir: str, example_id: str,
+                      domain: str = "target") -> np.ndarray:
+  """The pseudo-label `<pseudo_label_dir>/<example_id>.png` as uint8 [H, W] train ids."""
   path = os.path.join(pseudo_label_dir, example_id + ".png")
   if not os.path.exists(path):
     raise errors.MissingInputError(
-        f"Missing pseudo-label for target example '{example_id}': {path} does not exist "
-        f"(config.data.target.pseudo_label_dir={pseudo_label_dir!r}). Generate the pseudo-labels "
-        "for every target-train example (mode=pseudo_labels) or point pseudo_label_dir at the "
-        "directory that holds them.")
+        f"Missing pseudo-label for {domain} example '{example_id}': {path} does not exist "
+        f"(config.data.{domain}.pseudo_label_dir={pseudo_label_dir!r}). Generate the "
+        "pseudo-labels for every example the stream reads (mode=pseudo_labels, or "
+        "mode=entropy_rank for IntraDA's easy split), point pseudo_label_dir at the directory "
+        "that holds them, or restrict the stream to the labelled ids (config.data."
+        f"{domain}.ids_file).")
   with Image.open(path) as png:
     if png.mode not in ("L", "P"):
       raise errors.InvalidInputError(
@@ -198,6 +212,7 @@ class TrainTransform(grain.transforms.RandomMap):
   pseudo_label_dir: str = ""
   fda_beta: float = 0.0
   fda_images: Any = None  # a data source of target-train images for FDA
+  domain: str = "target"  # whose config key error messages name
 
   def random_map(self, example, rng: np.random.Generator):
     stored_label = self.with_label and not self.pseudo_label_dir
@@ -247,15 +262,15 @@ class TrainTransform(grain.transforms.RandomMap):
     return top, left, flipped, fda_index
 
   def _pseudo_label(self, example_id: str, stored_hw) -> np.ndarray:
-    label = read_pseudo_label(self.pseudo_label_dir, example_id)
+    label = read_pseudo_label(self.pseudo_label_dir, example_id, self.domain)
     if label.shape == tuple(self.resize_hw):
       return label
     if label.shape == tuple(stored_hw):
       return resize_label(label, self.resize_hw)
     raise ValueError(
         f"Pseudo-label of '{example_id}' in {self.pseudo_label_dir} is {label.shape[0]}x"
-        f"{label.shape[1]}; expected the target resize_hw {tuple(self.resize_hw)} or the stored "
-        f"image size {tuple(stored_hw)}. Regenerate the pseudo-labels with this config.")
+        f"{label.shape[1]}; expected the {self.domain} resize_hw {tuple(self.resize_hw)} or the "
+        f"stored image size {tuple(stored_hw)}. Regenerate the pseudo-labels with this config.")
 
 
 def _at_size(array: np.ndarray, hw: tuple[int, int] | None, resize) -> np.ndarray:
@@ -437,26 +452,98 @@ def _stored_hw(data_source, key: str, what: str) -> tuple[int, int]:
   return tuple(int(v) for v in np.shape(data_source[0][key])[:2])
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SubsetSource:
+  """The examples of `source` at `indices`, in that order: a split restricted to an id list.
+
+  A plain random-access source (picklable when `source` is), so grain shuffles, slices per host
+  and checkpoints positions over the subset exactly as over a whole split.
+  """
+
+  source: Any
+  indices: tuple[int, ...]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[self.indices[index]]
+
+
+def read_ids_file(path: str, key: str) -> list[str]:
+  """The example ids listed in `path`, one per line (blank lines skipped), checked."""
+  if not os.path.isfile(path):
+    raise errors.MissingInputError(
+        f"{key}={path!r} is not a file. Point it at a list of example ids, one per line (e.g. "
+        "easy_split.txt or hard_split.txt of mode=entropy_rank), or clear it to read the whole "
+        "split.")
+  with open(path, encoding="utf-8") as f:
+    ids = [line.strip() for line in f if line.strip()]
+  if not ids:
+    raise errors.InvalidInputError(f"{key}={path!r} lists no example ids; expected one per line.")
+  repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+  if repeated:
+    raise errors.InvalidInputError(
+        f"{key}={path!r} lists {len(repeated)} id(s) more than once (e.g. {repeated[:3]}); each "
+        "example may appear once. Regenerate the list.")
+  return ids
+
+
+def _split_example_ids(split_config, data_dir: str, data_source, opened: bool) -> list[str]:
+  """Every example id of the split, in the data source's order.
+
+  An opened TFDS split is read again without decoding its images and labels (a full-size
+  Cityscapes PNG costs ~40 ms to decode; the ids of 2,975 records take a second or two).
+  """
+  if opened:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = datasets.get_builder(split_config.name, data_dir,
+                                   split_config.get("builder_config", "") or None)
+    skip = tfds.decode.SkipDecoding()
+    data_source = builder.as_data_source(split_config.split,
+                                         decoders={"image": skip, "label": skip})
+  return [_as_str(data_source[i]["id"]) for i in range(len(data_source))]
+
+
+def _restrict_to_ids(split_config, domain: str, data_dir: str, data_source, opened: bool):
+  """`data_source` restricted to config.data.<domain>.ids_file, in split order."""
+  key = f"config.data.{domain}.ids_file"
+  wanted = read_ids_file(split_config.ids_file, key)
+  index_of = {example_id: index for index, example_id in enumerate(
+      _split_example_ids(split_config, data_dir, data_source, opened))}
+  missing = [i for i in wanted if i not in index_of]
+  if missing:
+    raise errors.MissingInputError(
+        f"{key}={split_config.ids_file!r} lists {len(missing)} id(s) that "
+        f"{_dataset_desc(split_config)} does not hold (e.g. {missing[:3]}). The list must come "
+        "from this split (mode=entropy_rank ranks config.data.target's split).")
+  return SubsetSource(data_source, tuple(sorted(index_of[i] for i in wanted)))
+
+
 def _train_split(config, domain: str, data_source, fda_data_source):
   """What a domain's stream reads: (split config, data source, FDA source, pseudo_label_dir)."""
   if domain not in DOMAINS:
     raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}.")
   data = config.data
   split_config = data[domain]
-  pseudo_label_dir = "" if domain == "source" else (split_config.get("pseudo_label_dir", "") or "")
-  if pseudo_label_dir and not os.path.isdir(pseudo_label_dir):
+  labels_from = domain_pseudo_label_dir(config, domain)
+  if labels_from and not os.path.isdir(labels_from):
     raise errors.MissingInputError(
-        f"config.data.target.pseudo_label_dir={pseudo_label_dir!r} is not a directory; generate "
-        "pseudo-labels first (mode=pseudo_labels) or clear the field for stage 1.")
-  with_label = domain == "source" or bool(pseudo_label_dir)
-  if data_source is None:
+        f"config.data.{domain}.pseudo_label_dir={labels_from!r} is not a directory; generate "
+        "pseudo-labels first (mode=pseudo_labels, or mode=entropy_rank for IntraDA) or clear the "
+        "field.")
+  with_label = domain == "source" or bool(labels_from)
+  opened = data_source is None
+  if opened:
     data_source = datasets.open_data_source(split_config, data.data_dir,
-                                            decode_label=with_label and not pseudo_label_dir)
+                                            decode_label=with_label and not labels_from)
+  if split_config.get("ids_file", ""):
+    data_source = _restrict_to_ids(split_config, domain, data.data_dir, data_source, opened)
   fda_beta = float(data.get("fda_beta", 0.0)) if domain == "source" else 0.0
   fda.low_freq_half_width(1, 1, fda_beta)  # validates beta early
   if fda_beta > 0 and fda_data_source is None:
     fda_data_source = datasets.open_data_source(data.target, data.data_dir, decode_label=False)
-  return split_config, data_source, (fda_data_source if fda_beta > 0 else None), pseudo_label_dir
+  return split_config, data_source, (fda_data_source if fda_beta > 0 else None), labels_from
 
 
 def _sizes(split_config, domain: str) -> tuple[tuple[int, int], tuple[int, int] | None]:
@@ -474,7 +561,8 @@ def device_spec(config, domain: str) -> dp.StreamSpec:
   """What the device does to `domain`'s raw batches (config.data.preprocess_on='device')."""
   split_config = config.data[domain]
   resize_hw, crop_hw = _sizes(split_config, domain)
-  pseudo = domain == "target" and bool(split_config.get("pseudo_label_dir", ""))
+  # Pseudo-labels are written by the model, so they are already in its label space.
+  pseudo = bool(domain_pseudo_label_dir(config, domain))
   lut = None if pseudo else label_lut(config.data.label_space, split_config.name)
   return dp.StreamSpec(
       resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
@@ -497,9 +585,10 @@ def create_train_iterator(
   minus mean, 'label': int32 [B_local, h, w]}. With 'device' they are the raw batches that
   `device_preprocessing.preprocess(batch, device_spec(config, domain))` turns into those:
   uint8 pixels at their stored size plus each example's crop and flip draws (and FDA partner).
-  The target has a label only when config.data.target.pseudo_label_dir is set. The iterator
-  supports get_state()/set_state(); the state is a JSON-serialisable dict (grain's own orbax
-  `save`/`load` write it as JSON).
+  The target has a label only when config.data.target.pseudo_label_dir is set; a domain with a
+  pseudo_label_dir reads its labels there, and one with an ids_file reads only those examples.
+  The iterator supports get_state()/set_state(); the state is a JSON-serialisable dict (grain's
+  own orbax `save`/`load` write it as JSON).
 
   Args:
     config: the full config (data.*, train.batch_size).
@@ -510,27 +599,27 @@ def create_train_iterator(
     read_threads: grain read threads per process (default 1 with workers, else 2).
   """
   on_device = preprocess_on(config) == "device"
-  split_config, data_source, fda_data_source, pseudo_label_dir = _train_split(
+  split_config, data_source, fda_data_source, labels_from = _train_split(
       config, domain, data_source, fda_data_source)
   resize_hw, crop_hw = _sizes(split_config, domain)
-  with_label = domain == "source" or bool(pseudo_label_dir)
+  with_label = domain == "source" or bool(labels_from)
   desc = _dataset_desc(split_config)
   common = dict(
       dataset=desc, resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
-      with_label=with_label, pseudo_label_dir=pseudo_label_dir,
+      with_label=with_label, pseudo_label_dir=labels_from,
       fda_beta=float(config.data.get("fda_beta", 0.0)) if fda_data_source is not None else 0.0,
-      fda_images=fda_data_source)
+      fda_images=fda_data_source, domain=domain)
   if on_device:
     transform = RawTrainTransform(
         **common,
         image_hw=_stored_hw(data_source, "image", desc),
         label_hw=(_stored_hw(data_source, "label", desc)
-                  if with_label and not pseudo_label_dir else None),
+                  if with_label and not labels_from else None),
         fda_hw=(None if fda_data_source is None
                 else _stored_hw(fda_data_source, "image", "the FDA target images")))
   else:
     # Pseudo-labels are written by the model, so they are already in its label space.
-    lut = None if pseudo_label_dir else label_lut(config.data.label_space, split_config.name)
+    lut = None if labels_from else label_lut(config.data.label_space, split_config.name)
     transform = TrainTransform(**common, label_lut=lut)
   process_count = jax.process_count()
   batch_size = local_batch_size(config.train.batch_size, process_count)

@@ -80,10 +80,16 @@ def run(argv: list[str]) -> int:
   if config.mode == "train":
     from seat_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, _WORKDIR.value)
+  elif config.mode == "adabn":
+    from seat_jax.methods import adabn  # pylint: disable=g-import-not-at-top
+    adabn.adapt(config, _WORKDIR.value)
+  elif config.mode == "entropy_rank":
+    from seat_jax.methods import intrada  # pylint: disable=g-import-not-at-top
+    intrada.rank_target_split(config, _WORKDIR.value)
   elif config.mode == "eval":
     from seat_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate_checkpoints(config, _WORKDIR.value)
-  else:
+  else:  # pseudo_labels (validate() accepts only config_defaults.MODES)
     from seat_jax import pseudo_labels  # pylint: disable=g-import-not-at-top
     pseudo_labels.generate(config, _WORKDIR.value)
   return 0

@@ -9,6 +9,11 @@ bilinear upsampling with align_corners=True. They differ only in what they keep:
               resolution; REFERENCE 5);
   confidence: (argmax, max probability) of the main SOFTMAX upsampled to `out_hw` (pseudo-labels
               at the model input size; BDL upsamples the probabilities, not the logits).
+
+An ensemble (`eval.ensemble`, FDA's multi-band transfer) runs the same function over several
+checkpoints of one model and averages their softmax with fixed weights, in the orders of FDA's
+scripts: labels from the mean at the output stride, upsampled (`evaluation_multi.py`);
+confidence from each model's logits upsampled first, then softmaxed (`getSudoLabel_multi.py`).
 """
 
 import functools
@@ -19,47 +24,122 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seat_jax import checkpointing
+from seat_jax import errors
 from seat_jax import models
 
 OUTPUTS = ("labels", "confidence")
 
 
-def make_predict_fn(model: Any, source_stages: Sequence[int] = (),
-                    output: str = "labels") -> Callable[..., Any]:
+def make_predict_fn(model: Any, source_stages: Sequence[int] = (), output: str = "labels",
+                    ensemble_weights: Sequence[float] | None = None) -> Callable[..., Any]:
   """Jitted fn(variables, images [N, h, w, 3], out_hw) -> outputs at `out_hw` (static).
 
   `output='labels'`: uint8 train ids [N, *out_hw]; `output='confidence'`: (uint8 argmax,
-  float32 max probability), each [N, *out_hw]. Cached per (model, source_stages, output), so the
-  periodic evaluation and every checkpoint of eval mode reuse one compiled function.
+  float32 max probability), each [N, *out_hw]. With `ensemble_weights` (one per model),
+  `variables` is a tuple of variable sets of `model` whose softmax is averaged (module doc).
+  Cached per (model, source_stages, output, weights), so the periodic evaluation and every
+  checkpoint of eval mode reuse one compiled function.
   """
   if output not in OUTPUTS:
     raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}.")
   source_stages = tuple(int(s) for s in source_stages)
+  if ensemble_weights is not None:
+    ensemble_weights = tuple(float(w) for w in ensemble_weights)
   try:
-    return _cached_predict_fn(model, source_stages, output)
+    return _cached_predict_fn(model, source_stages, output, ensemble_weights)
   except TypeError:  # an unhashable stand-in model: no caching
-    return _build_predict_fn(model, source_stages, output)
+    return _build_predict_fn(model, source_stages, output, ensemble_weights)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_predict_fn(model, source_stages: tuple[int, ...], output: str):
-  return _build_predict_fn(model, source_stages, output)
+def _cached_predict_fn(model, source_stages: tuple[int, ...], output: str,
+                       ensemble_weights: tuple[float, ...] | None = None):
+  return _build_predict_fn(model, source_stages, output, ensemble_weights)
 
 
-def _build_predict_fn(model, source_stages: tuple[int, ...], output: str):
+def _build_predict_fn(model, source_stages: tuple[int, ...], output: str,
+                      ensemble_weights: tuple[float, ...] | None = None):
+
+  def main_logits(variables, images):
+    _, logits = model.apply(
+        variables, images, domain="target", train=False, source_stages=source_stages)
+    return logits.astype(jnp.float32)
+
+  def mean_softmax(logits_per_model):
+    return sum(w * jax.nn.softmax(logits, axis=-1)
+               for w, logits in zip(ensemble_weights, logits_per_model))
 
   @functools.partial(jax.jit, static_argnames=("out_hw",))
   def predict(variables, images, out_hw):
-    _, main_logits = model.apply(
-        variables, images, domain="target", train=False, source_stages=source_stages)
-    main_logits = main_logits.astype(jnp.float32)
-    if output == "labels":
-      logits = models.resize_bilinear(main_logits, tuple(out_hw))
-      return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
-    probs = models.resize_bilinear(jax.nn.softmax(main_logits, axis=-1), tuple(out_hw))
+    out_hw = tuple(out_hw)
+    if ensemble_weights is None:
+      logits = main_logits(variables, images)
+      if output == "labels":
+        return jnp.argmax(models.resize_bilinear(logits, out_hw), axis=-1).astype(jnp.uint8)
+      probs = models.resize_bilinear(jax.nn.softmax(logits, axis=-1), out_hw)
+    else:
+      if len(variables) != len(ensemble_weights):
+        raise ValueError(f"{len(ensemble_weights)} ensemble weights for {len(variables)} "
+                         "variable sets; give one weight per model.")
+      logits = [main_logits(v, images) for v in variables]
+      if output == "labels":
+        probs = models.resize_bilinear(mean_softmax(logits), out_hw)
+        return jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+      probs = mean_softmax([models.resize_bilinear(x, out_hw) for x in logits])
     return jnp.argmax(probs, axis=-1).astype(jnp.uint8), jnp.max(probs, axis=-1)
 
   return predict
+
+
+# ---------------------------------------------------------------------------------------------
+# Ensembles: which checkpoints, with which weights.
+
+
+def ensemble_paths(value: Any) -> tuple[str, ...]:
+  """config.eval.ensemble ("dir1,dir2,dir3", or a sequence of dirs) as a tuple of paths."""
+  items = value.split(",") if isinstance(value, str) else value
+  return tuple(p.strip() for p in map(str, items) if p.strip())
+
+
+def ensemble_weights(config: Any, num_models: int) -> tuple[float, ...]:
+  """config.eval.ensemble_weights (one per model, scaled to sum to 1, so the mean stays a
+  probability), or equal weights when it is empty."""
+  weights = tuple(float(w) for w in config.eval.get("ensemble_weights", ()))
+  if not weights:
+    return (1.0 / num_models,) * num_models
+  if len(weights) != num_models or min(weights) < 0 or sum(weights) <= 0:
+    raise errors.UsageError(
+        f"config.eval.ensemble_weights={weights} must hold {num_models} non-negative weights, "
+        f"one per model of config.eval.ensemble, or be empty for equal weights.")
+  return tuple(w / sum(weights) for w in weights)
+
+
+def restore_ensemble(config: Any, model: Any, choose_step: Callable[..., int] | None = None):
+  """Restores every model of config.eval.ensemble: (members, tuple of variable sets).
+
+  Each entry is a run's workdir, its checkpoints/ folder or one step folder. Its step is
+  config.eval.step when >= 0, else the last saved one, unless `choose_step(directory, steps,
+  path)` picks another. `members` lists {'checkpoint', 'step', 'weight'} per model, in order.
+  """
+  paths = ensemble_paths(config.eval.ensemble)
+  if config.eval.checkpoint:
+    raise errors.UsageError(
+        f"config.eval.checkpoint={config.eval.checkpoint!r} and config.eval.ensemble={paths} "
+        "are both set; give the checkpoints to use in one of them (clear the other with ='').")
+  weights = ensemble_weights(config, len(paths))
+  abstract = checkpointing.abstract_variables(model)
+  members, variables = [], []
+  for path, weight in zip(paths, weights):
+    try:
+      directory, steps = checkpointing.find_steps(path, config.eval.step)
+    except errors.MissingInputError as e:
+      raise errors.MissingInputError(
+          f"config.eval.ensemble names {path}, which has no usable checkpoint: {e}") from None
+    step = choose_step(directory, steps, path) if choose_step else steps[-1]
+    variables.append(checkpointing.restore_model(directory, abstract, step))
+    members.append({"checkpoint": str(directory), "step": int(step), "weight": weight})
+  return members, tuple(variables)
 
 
 def predict_split(

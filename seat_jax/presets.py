@@ -8,11 +8,22 @@ is made here once and listed in README ("What the presets choose").
 import ml_collections
 
 from seat_jax import config_defaults
+from seat_jax.methods import fda as fda_method
 
 # Rows of the paper's Tables 5 (GTA5) and 6 (SYNTHIA), in the tables' order.
 ABLATION_ROWS = ("aa", "it", "sat", "seat", "mul")
 # Table 4: the compared methods with and without SEAT, trained on the original GTA5 images.
 TABLE4_ROWS = ("adaptsegnet", "adaptsegnet_seat", "advent", "advent_seat")
+# Baselines without an adversary: source only (AdaBN starts from it: --config.mode=adabn) and
+# CyCADA's pixel-level adaptation alone (its CycleGAN-translated GTA5 images as the source).
+SOURCE_ONLY_ROWS = ("source_only", "cycada")
+# IntraDA (Pan et al. 2020): its stage 1 (ADVENT's adversarial model), without / with SEAT norms;
+# the same names select its stage 2 in configs/gta_stage2.py.
+INTRADA_ROWS = ("intrada", "intrada_seat")
+# FDA (Yang and Soatto 2020): one model per beta (fda_b001, fda_b005, fda_b009), without / with
+# SEAT norms; configs/*_stage2.py with the same row is its self-training round.
+_FDA_BETA_OF_TAG = {fda_method.beta_tag(b): b for b in fda_method.BETAS}
+FDA_ROWS = tuple(f"fda_{tag}{suffix}" for tag in _FDA_BETA_OF_TAG for suffix in ("", "_seat"))
 # The paper's best layer switch (section 5.2): stages 3-4 on GTA5, stage 4 on SYNTHIA.
 GTA_LAYER_SWITCH = (3, 4)
 SYNTHIA_LAYER_SWITCH = (4,)
@@ -71,14 +82,37 @@ def _gta_base() -> ml_collections.ConfigDict:
 
 
 def gta(row: str = "mul") -> ml_collections.ConfigDict:
-  """GTA5 -> Cityscapes stage 1 at the paper's sizes: a row of Table 5 or of Table 4."""
+  """GTA5 -> Cityscapes stage 1 at the paper's sizes: a row of Table 5 or 4, or a baseline."""
   row = row or "mul"
   if row in TABLE4_ROWS:
     return _table4(row)
+  if row in SOURCE_ONLY_ROWS:
+    return source_only(_gta_base(), translated=row == "cycada")
+  if row in INTRADA_ROWS:
+    return intrada(_table4(row.replace("intrada", "advent")))
+  if row in FDA_ROWS:  # FDA trains on the original GTA5 images
+    config = _gta_base()
+    config.data.source.builder_config = "original"
+    return fda(config, row, GTA_LAYER_SWITCH)
   config = _gta_base()
   if row == "aa":
     config.data.source.builder_config = "original"
   return apply_ablation_row(config, row, GTA_LAYER_SWITCH)
+
+
+def source_only(config: ml_collections.ConfigDict,
+                translated: bool = False) -> ml_collections.ConfigDict:
+  """Source labels only: no adversary, no target pass (so no target statistics), shared BN.
+
+  The references' source-only baseline (AdaptSegNet's single-level recipe with lambda_adv 0).
+  AdaBN then fills in target statistics (`--config.mode=adabn`); `translated` uses CycleGAN's
+  GTA5-as-Cityscapes images, the input side of CyCADA (its CycleGAN training and its feature
+  discriminator are not part of this package).
+  """
+  config.data.source.builder_config = "translated" if translated else "original"
+  _adaptsegnet_single_level(_shared_frozen_bn(config))
+  config.adv.mode = "none"
+  return config
 
 
 def _table4(row: str) -> ml_collections.ConfigDict:
@@ -116,6 +150,9 @@ def synthia(row: str = "mul") -> ml_collections.ConfigDict:
   config.data.source.resize_hw = (760, 1280)
   config.data.source.crop_hw = (512, 1024)
   config.train.num_steps = 90_000  # the SYNTHIA schedule of ADVENT/DADA (ADVENT issue #12)
+  if row in FDA_ROWS:
+    # FDA trains 19 outputs on SYNTHIA too; the synthia builder stores 16 classes (README).
+    return fda(config, row, SYNTHIA_LAYER_SWITCH)
   # The paper: "+SEAT ... 47.0 (no layer switch)", "+Mul ... 47.4 (layer switch 4-4)".
   layer_switch = SYNTHIA_LAYER_SWITCH if row == "mul" else ()
   return apply_ablation_row(config, row, layer_switch)
@@ -131,6 +168,109 @@ def stage2(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.loss.target_ce_weight = 1.0
   config.data.target.pseudo_label_dir = "REQUIRED: --config.data.target.pseudo_label_dir=DIR"
   return config
+
+
+def fda(config: ml_collections.ConfigDict, row: str, layer_switch: tuple[int, ...],
+        schedule: bool = True) -> ml_collections.ConfigDict:
+  """FDA's single-model recipe (YanchaoYang/FDA README and train.py) on a dataset preset.
+
+  No discriminator; one head (FDA's DeepLab has only the layer4 classifier, so the aux head gets
+  no loss and is frozen); the source stylised with the row's beta; robust entropy 0.005 (eta 2)
+  on the target from the start; plain BN with the affine frozen and batch statistics in
+  training, as FDA's model. `schedule`: poly over 150k steps, stopped at 100k, a snapshot every
+  2,500 (FDA's options). MBT pseudo-labels: class-wise, quantile 0.66, cap 0.9. `_seat` rows:
+  SEAT norms (affine trained) evaluated with `layer_switch`. Stage 2 (FDA's SSL round):
+  `stage2(...)` of this, i.e. + CE on the MBT pseudo-labels, again from the init.
+  """
+  if row not in FDA_ROWS:
+    raise ValueError(f"Unknown FDA row {row!r}; choose one of {FDA_ROWS}.")
+  config.data.fda_beta = _FDA_BETA_OF_TAG[row.split("_")[1]]
+  config.adv.mode = "none"
+  config.loss.aux_weight = 0.0
+  config.optim.frozen_patterns = tuple(config.optim.frozen_patterns) + (r"^aux_head/",)
+  config.loss.robust_entropy_weight = fda_method.ROBUST_ENTROPY_WEIGHT
+  config.loss.robust_entropy_eta = fda_method.ROBUST_ENTROPY_ETA
+  config.pseudo.rule = "class_quantile"
+  config.pseudo.quantile = fda_method.MBT_QUANTILE
+  config.pseudo.cap = fda_method.MBT_CAP
+  if schedule:
+    config.train.num_steps = fda_method.NUM_STEPS
+    config.train.lr_horizon_steps = fda_method.LR_HORIZON_STEPS
+    config.train.checkpoint_every = fda_method.CHECKPOINT_EVERY
+  if row.endswith("_seat"):
+    config.model.norm_mode = "seat"
+    config.model.bn_affine_trainable = True
+    config.eval.source_stages = layer_switch
+  else:
+    _shared_frozen_bn(config)
+  return config
+
+
+def _demo_fda(row: str) -> ml_collections.ConfigDict:
+  """FDA on the demo's tiny model and budget (configs/demo.py:fda_b001 ... :fda_b009_seat)."""
+  return fda(demo("seat" if row.endswith("_seat") else "shared"), row, (), schedule=False)
+
+
+def intrada(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """IntraDA's stage 1 (feipanir/IntraDA README step 1): ADVENT's adversarial model as ADVENT
+  runs it, then `--config.mode=entropy_rank` on its best-on-val checkpoint.
+
+  `config` already has ADVENT's losses and schedule (two entropy-map discriminators 0.001 /
+  0.0002, aux CE 0.1, 120k steps, a checkpoint every 2k for the best-on-val choice). ADVENT
+  trains on the whole 1280x720 GTA5 image, so no crop (`:advent` keeps the paper's crops).
+  The ranking: lambda 0.67 with the rare-class normaliser (IntraDA's published 46.3).
+  """
+  config.data.source.crop_hw = ()
+  config.pseudo.checkpoint = "best_on_val"
+  config.intrada.lambda_easy = 0.67
+  config.intrada.normalize = True
+  return config
+
+
+def intrada_stage2(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """IntraDA's stage 2 after `intrada(config)`: the same adversarial training, easy -> hard.
+
+  The "source" stream reads the target train split restricted to the easy ids, labelled with
+  the ranking's pseudo-labels, at the target's size without crop (IntraDA `intrada.yml`: both
+  1024x512); the "target" stream the hard ids. Re-initialised: `init_from` is the init stage 1
+  started from (IntraDA: ADVENT's ImageNet DeepLab), not the stage-1 model. With SEAT norms the
+  source norm learns easy target images and the target norm hard ones.
+  """
+  target = config.data.target
+  config.data.source.update(
+      name=target.name, builder_config=target.builder_config, split=target.split,
+      resize_hw=tuple(target.resize_hw), crop_hw=(),
+      ids_file="REQUIRED: --config.data.source.ids_file=<stage-1 workdir>/entropy_rank/"
+               "easy_split.txt",
+      pseudo_label_dir="REQUIRED: --config.data.source.pseudo_label_dir=<stage-1 workdir>/"
+                       "entropy_rank/pseudo_labels")
+  config.data.target.ids_file = ("REQUIRED: --config.data.target.ids_file=<stage-1 workdir>/"
+                                 "entropy_rank/hard_split.txt")
+  return config
+
+
+def demo_intrada(row: str) -> ml_collections.ConfigDict:
+  """IntraDA on the demo's tiny model and budget (configs/demo.py:intrada[_seat][_stage2]).
+
+  Shared BN as the demo's source-only row (affine trainable), or SEAT norms; ADVENT's losses as
+  in `_table4`; a checkpoint every 100 steps, so eval mode can pick the best on val.
+  """
+  config = demo("seat" if row.startswith("intrada_seat") else "shared")
+  config.adv.mode = "two_discriminators"
+  config.adv.input = "entropy"
+  config.adv.weight, config.adv.weight_aux = 0.001, 0.0002
+  config.loss.aux_weight = 0.1
+  config = intrada(config)
+  return intrada_stage2(config) if row.endswith("_stage2") else config
+
+
+def demo_row(row: str = "seat") -> ml_collections.ConfigDict:
+  """configs/demo.py's rows: a norm mode (shared = source only, sat, seat) or a method's row."""
+  if row in FDA_ROWS:  # :fda_b001 ... :fda_b009_seat
+    return _demo_fda(row)
+  if row.startswith("intrada"):  # :intrada[_seat][_stage2]
+    return demo_intrada(row)
+  return demo(row or "seat")
 
 
 def demo(norm_mode: str = "seat") -> ml_collections.ConfigDict:

@@ -10,6 +10,8 @@ threshold and becomes 255 (ignore) otherwise. Two rules:
                   confidences of the N_c pixels predicted c over the WHOLE split (BDL's median for
                   0.5, FDA's 0.66), capped at `cap`; classes never predicted get 0.
 As in BDL, the softmax is upsampled (align_corners) to the input size before argmax/confidence.
+With `eval.ensemble` the labels come from the weighted mean softmax of several models instead
+(FDA's multi-band transfer: each model's logits upsampled, softmaxed, averaged; `predict`).
 
 The class rule needs the whole split before it can label any image. Storing every confidence would
 take gigabytes (2975 x 512 x 1024 floats for Cityscapes), so confidences are quantised to steps of
@@ -159,7 +161,7 @@ def _summary(space: labels.LabelSpace, thresholds: np.ndarray, predicted: np.nda
               kept_fraction=float(kept.sum() / total) if total else None)
 
 
-def _chosen_step(selection: str, directory: epath.Path, steps: list[int], workdir) -> int:
+def chosen_step(selection: str, directory: epath.Path, steps: list[int], workdir) -> int:
   """The final step, or the best-on-val step that eval mode wrote down for these checkpoints."""
   if selection == "final":
     return steps[-1]
@@ -195,12 +197,25 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   rule = config.pseudo.rule
   if rule not in RULES:
     raise ValueError(f"config.pseudo.rule must be one of {RULES}; got {rule!r}.")
-  directory, steps = checkpointing.find_steps(config.eval.checkpoint or workdir, config.eval.step)
-  step = _chosen_step(config.pseudo.checkpoint, directory, steps, workdir)
   model = models.build_segmenter(config.model)
-  variables = checkpointing.restore_model(
-      directory, checkpointing.abstract_variables(model), step)
-  confidence_fn = predict.make_predict_fn(model, config.eval.source_stages, output="confidence")
+  members = None
+  if predict.ensemble_paths(config.eval.get("ensemble", ())):
+    # Each model's own final or best-on-val step (best_on_val: eval mode run in its workdir).
+    members, variables = predict.restore_ensemble(
+        config, model, lambda d, steps, path: chosen_step(config.pseudo.checkpoint, d, steps,
+                                                           path))
+    confidence_fn = predict.make_predict_fn(model, config.eval.source_stages, output="confidence",
+                                            ensemble_weights=[m["weight"] for m in members])
+    directory = ", ".join(m["checkpoint"] for m in members)
+    step = [m["step"] for m in members]
+  else:
+    directory, steps = checkpointing.find_steps(config.eval.checkpoint or workdir,
+                                                config.eval.step)
+    step = chosen_step(config.pseudo.checkpoint, directory, steps, workdir)
+    variables = checkpointing.restore_model(
+        directory, checkpointing.abstract_variables(model), step)
+    confidence_fn = predict.make_predict_fn(model, config.eval.source_stages,
+                                            output="confidence")
   split_config = config.data.target
   total = input_pipeline.num_eval_examples(config, split_config)
   split_name = f"{split_config.name}/{split_config.split}"
@@ -259,6 +274,8 @@ def generate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
       "size_hw": list(size_hw), "source_stages": list(config.eval.source_stages), "rule": rule,
       "threshold": float(config.pseudo.threshold), "quantile": float(config.pseudo.quantile),
       "cap": float(config.pseudo.cap), "label_space": space.name}
+  if members is not None:
+    meta["ensemble"] = members
   summary = _summary(space, thresholds, predicted, kept, meta)
   if is_writer_host:
     markdown = reports.pseudo_label_summary_markdown(summary)

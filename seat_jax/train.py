@@ -23,7 +23,6 @@ from seat_jax import checkpointing
 from seat_jax import config_validation
 from seat_jax import errors
 from seat_jax import input_pipeline
-from seat_jax import optim
 from seat_jax import progress
 from seat_jax import train_step
 from seat_jax.train_step import TrainState
@@ -108,7 +107,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
 
 
 def log_parameter_overview(state: TrainState, workdir: epath.Path) -> None:
-  text = parameter_overview.get_parameter_overview(jax.device_get(state.params), include_stats=False)
+  text = parameter_overview.get_parameter_overview(jax.device_get(state.params),
+                                                   include_stats=False)
   (workdir / "parameter_overview.txt").write_text(text)
   count = parameter_overview.count_parameters(state.params)
   disc_count = parameter_overview.count_parameters(state.disc_params) if state.disc_params else 0
@@ -192,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _state_is_finite(state: TrainState) -> bool:
   leaves = jax.tree.leaves((state.params, state.batch_stats, state.disc_params))
-  return bool(jax.jit(lambda xs: jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves))
+  all_finite = jax.jit(lambda xs: jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in xs])))
+  return bool(all_finite(leaves))
 
 
 def _nan_message(step, metrics, last_good_step, workdir) -> str:

@@ -5,7 +5,8 @@ One call of the step does a whole iteration of AdaptSegNet-style training (REFER
      input size with the align_corners resize);
   2. target forward with the target norms, adversarial BCE through the discriminator(s) held
      constant, pushing target maps toward the source label (plus optional MinEnt on the main
-     and aux heads, as ADVENT's `train_minent`, and CE on pseudo-labels in stage 2);
+     and aux heads, as ADVENT's `train_minent`, FDA's robust entropy on the stride-8 main
+     logits, `methods/fda.py`, and CE on pseudo-labels in stage 2);
   3. discriminator update on `stop_gradient` maps, source label 0 and target label 1, each half
      weighted; segmenter and discriminator updates are applied together.
 The step is pure; `jit_train_step` jits it with the mesh's shardings (`Trainer` holds the
@@ -30,6 +31,7 @@ from seat_jax import input_pipeline as ip
 from seat_jax import losses
 from seat_jax import models
 from seat_jax import optim
+from seat_jax.methods import fda as fda_method
 
 PyTree = Any
 
@@ -78,18 +80,22 @@ class StepOptions:
   target_pass: bool = True
   # Stage 2: the batch carries target pseudo-labels and the step adds their CE.
   target_labels: bool = False
+  # FDA's robust entropy is in the graph (its weight and eta stay runtime values).
+  robust_entropy: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
     target_labels = ip.target_has_labels(config)
+    robust_entropy = bool(config.loss.get("robust_entropy_weight", 0.0))
     target_pass = bool(config.adv.mode != "none" or config.loss.entropy_weight
-                       or config.loss.entropy_weight_aux or target_labels)
+                       or config.loss.entropy_weight_aux or robust_entropy or target_labels)
     return cls(adv_mode=config.adv.mode, adv_input=config.adv.input, target_pass=target_pass,
-               target_labels=target_labels)
+               target_labels=target_labels, robust_entropy=robust_entropy)
 
 
 LOSS_WEIGHT_KEYS = ("multi_level_lambda", "adv_weight", "adv_weight_aux", "aux_weight",
-                    "entropy_weight", "entropy_weight_aux", "target_ce_weight")
+                    "entropy_weight", "entropy_weight_aux", "target_ce_weight",
+                    "robust_entropy_weight", "robust_entropy_eta")
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
@@ -98,7 +104,10 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
             "adv_weight_aux": config.adv.weight_aux, "aux_weight": config.loss.aux_weight,
             "entropy_weight": config.loss.entropy_weight,
             "entropy_weight_aux": config.loss.entropy_weight_aux,
-            "target_ce_weight": config.loss.target_ce_weight}
+            "target_ce_weight": config.loss.target_ce_weight,
+            # FDA's robust entropy; configs written before these keys existed have them off.
+            "robust_entropy_weight": config.loss.get("robust_entropy_weight", 0.0),
+            "robust_entropy_eta": config.loss.get("robust_entropy_eta", 2.0)}
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
@@ -155,6 +164,10 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     (aux_t, main_t), updated = model.apply(
         {"params": params, "batch_stats": updated["batch_stats"]}, tgt_img,
         domain="target", train=True, mutable=["batch_stats"])
+    if opts.robust_entropy:  # FDA: on the head's stride-8 logits, before any upsampling
+      robust_ent = fda_method.robust_entropy(main_t, w["robust_entropy_eta"])
+      total += w["robust_entropy_weight"] * robust_ent
+      metrics["robust_entropy"] = robust_ent
     aux_t, main_t = _upsample(aux_t, tgt_img), _upsample(main_t, tgt_img)
     for name in disc_names:
       maps = discriminator_input(name, main_t, aux_t, opts, w["multi_level_lambda"])

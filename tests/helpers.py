@@ -1,4 +1,9 @@
-"""What several test files share: the tiny training run and an in-memory data source."""
+"""What several test files share: the tiny run, an in-memory data source, random variables."""
+
+import math
+
+import jax
+import numpy as np
 
 from seat_jax import presets
 
@@ -30,3 +35,39 @@ class ListSource:
 
   def __getitem__(self, index):
     return self._examples[index]
+
+
+def random_variables(model, seed: int, *, other_std: float = 0.1, head_kernel_scale: float = 1.0):
+  """Variables of `model` with useful spread, filled by numpy (nothing compiled).
+
+  He-scaled kernels (heads' times `head_kernel_scale`: small heads give soft predictions),
+  running variances in [0.5, 1.5], scales 1 + 0.1 N(0, 1), means and biases `other_std` N(0, 1).
+  """
+  from seat_jax import models  # pylint: disable=g-import-not-at-top
+  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      std = math.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+      if str(path[1].key).endswith("_head"):
+        std *= head_kernel_scale
+      return (rng.normal(size=leaf.shape) * std).astype(np.float32)
+    if name.endswith("var"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    if name.endswith("scale"):
+      return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+    return (other_std * rng.normal(size=leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def tiny_model_config(model_hw):
+  """The base config with the tiny model (a block per stage, width 8), target/val at model_hw."""
+  from seat_jax import config_defaults  # pylint: disable=g-import-not-at-top
+  config = config_defaults.get_config()
+  config.model.stage_sizes, config.model.base_width = (1, 1, 1, 1), 8
+  config.data.val.resize_hw = model_hw
+  config.data.target.resize_hw = model_hw
+  return config

@@ -4,15 +4,14 @@ switch, the written reports, cityscapesscripts' own evaluator and eval mode over
 import copy
 import csv
 import json
-import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import helpers
 from seat_jax import checkpointing
 from seat_jax import config_defaults
 from seat_jax import datasets
@@ -46,25 +45,6 @@ def tiny_config(**eval_overrides):
     config.eval[key] = value
   return config
 
-
-def random_variables(model, seed: int):
-  """Random variables with useful spread (He-scaled kernels, varied BN stats), built without a
-  compiled init: eval_shape gives the tree, numpy fills it."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *MODEL_HW, 3)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      std = math.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      return (rng.normal(size=leaf.shape) * std).astype(np.float32)
-    if name.endswith("var"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    if name.endswith("scale"):
-      return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
-    return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)  # means and biases
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 class ProjectionModel:
@@ -121,7 +101,7 @@ def tiny_model():
 
 @pytest.fixture(scope="module")
 def tiny_variables(tiny_model):
-  return random_variables(tiny_model, seed=0)
+  return helpers.random_variables(tiny_model, seed=0)
 
 
 # ------------------------------------------------------------------------------------------

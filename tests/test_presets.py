@@ -14,13 +14,16 @@ from seat_jax import errors
 from seat_jax import labels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+FDA = ("fda_b001", "fda_b005", "fda_b009", "fda_b001_seat", "fda_b005_seat", "fda_b009_seat")
+INTRADA = ("intrada", "intrada_seat")
 ROWS = {
     "gta.py": ("", "aa", "it", "sat", "seat", "mul", "adaptsegnet", "adaptsegnet_seat",
-               "advent", "advent_seat"),
-    "gta_stage2.py": ("", "mul"),
-    "synthia.py": ("", "aa", "it", "sat", "seat", "mul"),
-    "synthia_stage2.py": ("", "mul"),
-    "demo.py": ("", "shared", "sat", "seat"),
+               "advent", "advent_seat", "source_only", "cycada", *INTRADA, *FDA),
+    "gta_stage2.py": ("", "mul", *INTRADA, *FDA),
+    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA),
+    "synthia_stage2.py": ("", "mul", *FDA),
+    "demo.py": ("", "shared", "sat", "seat", *INTRADA, "intrada_stage2", "intrada_seat_stage2",
+                *FDA),
 }
 
 
@@ -32,14 +35,27 @@ def test_every_preset_file_is_covered():
   assert sorted(p.name for p in (REPO / "configs").glob("*.py")) == sorted(ROWS)
 
 
+def _fill_placeholders(config, prefix=""):
+  """Sets every REQUIRED placeholder to a made-up path; returns the keys it set."""
+  filled = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      filled += _fill_placeholders(value, f"{prefix}{key}.")
+    elif isinstance(value, str) and value.startswith(config_validation.PLACEHOLDER):
+      config[key] = f"/made/up/{key}"
+      filled.append(prefix + key)
+  return filled
+
+
 @pytest.mark.parametrize("name,row", [(n, r) for n, rows in ROWS.items() for r in rows])
 def test_every_preset_and_row_loads_and_validates(name, row):
   config = load(name, row)
-  if "stage2" in name:
-    # Stage 2 cannot run without the pseudo-labels: the preset says so.
+  if "stage2" in name + row:
+    # Stage 2 cannot run without the pseudo-labels (and IntraDA's lists): the preset says so.
     with pytest.raises(errors.UsageError, match="pseudo_label_dir must be set"):
       config_validation.validate(config)
-    config.data.target.pseudo_label_dir = "/pseudo"
+    assert "data.target.pseudo_label_dir" in _fill_placeholders(config) or row.startswith(
+        "intrada")
   if name != "demo.py":
     # Real data: a silent random start is refused with the conversion command...
     with pytest.raises(errors.UsageError, match=r"(?s)init_from is empty.*seat_jax.convert"):
@@ -76,6 +92,11 @@ GTA_ROWS = {
                    source="original", ls=()),
     "advent_seat": dict(norm="seat", affine=True, adv="two_discriminators", aux_ce=0.1,
                         source="original", ls=(3, 4)),
+    # Baselines: source only (AdaBN adapts it afterwards), CyCADA's translated images alone.
+    "source_only": dict(norm="shared", affine=False, adv="none", aux_ce=0.0, source="original",
+                        ls=()),
+    "cycada": dict(norm="shared", affine=False, adv="none", aux_ce=0.0, source="translated",
+                   ls=()),
 }
 
 
@@ -127,7 +148,8 @@ def test_stage2_presets_keep_the_stage1_row_and_add_the_target_ce():
 
 def test_the_presets_layer_switch_reaches_eval_pseudo_labels_and_periodic_eval(
     synthetic_data_dir, tmp_path, monkeypatch):
-  from seat_jax import evaluate, predict, pseudo_labels, train  # pylint: disable=g-import-not-at-top,multiple-imports
+  # pylint: disable-next=g-import-not-at-top,multiple-imports
+  from seat_jax import evaluate, predict, pseudo_labels, train
   config = load("gta.py")  # the paper's GTA5 preset: LS 3-4, nothing passed by hand below
   config.model.stage_sizes, config.model.base_width = (1, 1, 1, 1), 8
   for split, builder_config in ((config.data.source, "source"), (config.data.target, "target"),

@@ -2,17 +2,15 @@
 predict (softmax upsampled to the input size, layer switch) and generate() end to end."""
 
 import json
-import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import helpers
 from seat_jax import checkpointing
-from seat_jax import config_defaults
 from seat_jax import datasets
 from seat_jax import input_pipeline
 from seat_jax import models
@@ -146,11 +144,7 @@ def test_confidence_fn_upsamples_the_softmax_to_the_input_size():
 
 
 def tiny_config(tmp_path, rule):
-  config = config_defaults.get_config()
-  config.model.stage_sizes = (1, 1, 1, 1)
-  config.model.base_width = 8
-  config.data.val.resize_hw = MODEL_HW
-  config.data.target.resize_hw = MODEL_HW
+  config = helpers.tiny_model_config(MODEL_HW)
   config.eval.num_panels = 1
   config.eval.source_stages = (4,)
   config.pseudo.rule = rule
@@ -161,30 +155,12 @@ def tiny_config(tmp_path, rule):
   return config
 
 
-def random_variables(model, seed: int):
-  """He-scaled kernels and varied BN stats, filled with numpy (no compiled init)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *MODEL_HW, 3)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      return (rng.normal(size=leaf.shape) * math.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(
-          np.float32)
-    if name.endswith("var"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    if name.endswith("scale"):
-      return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
-    return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
 
 @pytest.fixture(scope="module")
 def workdir_with_checkpoint(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("work")
   model = models.build_segmenter(tiny_config(workdir, "global").model)
-  variables = random_variables(model, seed=0)
+  variables = helpers.random_variables(model, seed=0)
   # Layer4's source statistics differ, so the layer switch changes the labels.
   variables["batch_stats"]["layer4"] = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 1.0 if path[-1].key == "source_mean" else x,

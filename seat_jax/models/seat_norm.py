@@ -71,8 +71,10 @@ class SeatNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     if train and self.use_batch_stats_in_train:
       mean, var = _batch_moments(x32)
+      count = x.size // features
+      # Kept only when the caller makes `intermediates` mutable (AdaBN's statistics pass).
+      self.sow("intermediates", "batch_moments", (count, mean, var))
       if not self.is_initializing():  # init leaves the stats at 0 / 1, as the contract says
-        count = x.size // features
         unbiased_var = var * (count / max(count - 1, 1))
         keep = 1.0 - self.momentum
         running_mean.value = keep * running_mean.value + self.momentum * lax.stop_gradient(mean)
