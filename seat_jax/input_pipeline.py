@@ -7,6 +7,9 @@ the source and target streams never share shuffles or crops. A stream is
   -> random_map(decode, draw crop/flip/FDA partner[, resize, crop, flip, FDA, BGR minus mean])
   -> batch -> to_iter_dataset -> mp_prefetch (when the worker count is > 0).
 
+With rare class sampling (config.data.source.rcs_temperature > 0, seat_jax/rcs.py) the source
+stream's slice, shuffle and repeat become DAFormer's class-then-image draws from the whole split.
+
 Where the pixel work runs is config.data.preprocess_on: 'device' (default) sends uint8 images at
 their stored size plus the drawn parameters, and `device_preprocessing` does the rest on the
 accelerator (`TrainingBatches` applies it); 'host' does it all here with PIL (`TrainTransform`),
@@ -57,6 +60,7 @@ from seat_jax import device_preprocessing as dp
 from seat_jax import errors
 from seat_jax import fda
 from seat_jax import labels
+from seat_jax import rcs
 from seat_jax.models.seat_norm import DOMAINS
 
 # Caffe ImageNet mean in B, G, R order (AdaptSegNet IMG_MEAN).
@@ -213,12 +217,13 @@ class TrainTransform(grain.transforms.RandomMap):
   fda_beta: float = 0.0
   fda_images: Any = None  # a data source of target-train images for FDA
   domain: str = "target"  # whose config key error messages name
+  rcs_crop: rcs.CropCheck | None = None  # rare class sampling: redraw crops missing the class
 
   def random_map(self, example, rng: np.random.Generator):
     stored_label = self.with_label and not self.pseudo_label_dir
     image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
                                              allow_rescaled=True)
-    top, left, flipped, fda_index = self.draw(rng)
+    top, left, flipped, fda_index = self.draw(rng, *self._rcs_target(example, label))
     stored_hw = image.shape[:2]
     image = resize_image(image, self.resize_hw)
     if self.pseudo_label_dir:
@@ -242,10 +247,14 @@ class TrainTransform(grain.transforms.RandomMap):
       out["label"] = label.astype(np.int32)
     return out
 
-  def draw(self, rng: np.random.Generator) -> tuple[int, int, bool, int | None]:
+  def draw(self, rng: np.random.Generator, rcs_label: np.ndarray | None = None,
+           rcs_class: int | None = None) -> tuple[int, int, bool, int | None]:
     """(crop top, crop left, flip, FDA partner index or None): every random choice of an example.
 
     Both preprocessing paths draw through here, in this order, so they see the same numbers.
+    With rare class sampling (`rcs_label`: the label at resize_hw, `rcs_class`: the class drawn
+    for this example) the crop is redrawn, up to rcs.CROP_TRIES draws, until `rcs_crop` finds
+    enough of the class in it; the last draw stands if none does.
     """
     top = left = 0
     if self.crop_hw:
@@ -253,13 +262,23 @@ class TrainTransform(grain.transforms.RandomMap):
       if crop_h > height or crop_w > width:
         raise ValueError(
             f"{self.dataset}: crop_hw {self.crop_hw} is larger than resize_hw {self.resize_hw}.")
-      top = int(rng.integers(0, height - crop_h + 1))
-      left = int(rng.integers(0, width - crop_w + 1))
+      for _ in range(rcs.CROP_TRIES if rcs_label is not None else 1):
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        if rcs_label is not None and self.rcs_crop.holds(rcs_label, rcs_class, top, left,
+                                                         self.crop_hw):
+          break
     flipped = bool(self.flip and rng.random() < 0.5)
     fda_index = None
     if self.fda_beta > 0:
       fda_index = int(rng.integers(0, len(self.fda_images)))
     return top, left, flipped, fda_index
+
+  def _rcs_target(self, example, label) -> tuple[np.ndarray | None, int | None]:
+    """(label at resize_hw, drawn class) for `draw`'s crop check; (None, None): no check."""
+    if self.rcs_crop is None or not self.crop_hw or label is None or rcs.CLASS_KEY not in example:
+      return None, None
+    return self.rcs_crop.label_at(label, self.resize_hw), int(example[rcs.CLASS_KEY])
 
   def _pseudo_label(self, example_id: str, stored_hw) -> np.ndarray:
     label = read_pseudo_label(self.pseudo_label_dir, example_id, self.domain)
@@ -299,7 +318,7 @@ class RawTrainTransform(TrainTransform):
     stored_label = self.with_label and not self.pseudo_label_dir
     image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
                                              allow_rescaled=True)
-    top, left, flipped, fda_index = self.draw(rng)
+    top, left, flipped, fda_index = self.draw(rng, *self._rcs_target(example, label))
     out = {dp.IMAGE: _at_size(image, self.image_hw, resize_image),
            dp.CROP: np.array([top, left], np.int32), dp.FLIP: np.bool_(flipped)}
     if self.pseudo_label_dir:
@@ -377,15 +396,24 @@ def make_train_dataset(
     domain: str,
     process_index: int = 0,
     process_count: int = 1,
+    rcs_sampling: rcs.ClassSampling | None = None,
 ) -> grain.MapDataset:
-  """The batched, infinite MapDataset of one domain (this host's slice of `data_source`)."""
+  """The batched, infinite MapDataset of one domain (this host's slice of `data_source`).
+
+  With `rcs_sampling` every host draws from the whole of `data_source` instead: rare class
+  sampling, keyed by the shuffle seed and the process index.
+  """
   if len(data_source) < process_count:
     raise ValueError(
         f"{transform.dataset} has {len(data_source)} examples, fewer than the "
         f"{process_count} processes that each need a slice.")
   shuffle_seed, aug_seed = domain_seeds(seed, domain)
-  ds = grain.MapDataset.source(data_source)[process_index::process_count]
-  ds = ds.shuffle(seed=shuffle_seed).repeat()
+  if rcs_sampling is not None:
+    ds = rcs.sampled_dataset(data_source, rcs_sampling, seed=shuffle_seed,
+                             process_index=process_index)
+  else:
+    ds = grain.MapDataset.source(data_source)[process_index::process_count]
+    ds = ds.shuffle(seed=shuffle_seed).repeat()
   ds = ds.random_map(transform, seed=aug_seed)
   return ds.batch(batch_size, drop_remainder=True)
 
@@ -570,6 +598,26 @@ def device_spec(config, domain: str) -> dp.StreamSpec:
       fda_beta=float(config.data.get("fda_beta", 0.0)) if domain == "source" else 0.0)
 
 
+def _rare_class_sampling(config, domain: str, data_source, from_tfds: bool, labels_from: str):
+  """The source stream's (ClassSampling, CropCheck or None) when RCS is on, else (None, None)."""
+  settings = rcs.settings(config)
+  if domain != "source" or not settings.enabled:
+    return None, None
+  if labels_from:
+    raise errors.UsageError(
+        "Rare class sampling (config.data.source.rcs_temperature > 0) counts the classes of the "
+        "stored source labels; it cannot be combined with config.data.source.pseudo_label_dir. "
+        "Set rcs_temperature=0.")
+  lut = label_lut(config.data.label_space, config.data.source.name)
+  sampling = rcs.stream_sampling(
+      config, data_source, from_tfds=from_tfds, lut=lut, verbose=jax.process_index() == 0,
+      subset=data_source.indices if isinstance(data_source, SubsetSource) else None)
+  crop = None
+  if settings.min_crop_ratio > 0 and config.data.source.get("crop_hw"):
+    crop = rcs.CropCheck(settings.min_pixels * settings.min_crop_ratio, lut)
+  return sampling, crop
+
+
 def create_train_iterator(
     config,
     domain: str,
@@ -587,6 +635,7 @@ def create_train_iterator(
   uint8 pixels at their stored size plus each example's crop and flip draws (and FDA partner).
   The target has a label only when config.data.target.pseudo_label_dir is set; a domain with a
   pseudo_label_dir reads its labels there, and one with an ids_file reads only those examples.
+  With config.data.source.rcs_temperature > 0 the source examples come from rare class sampling.
   The iterator supports get_state()/set_state(); the state is a JSON-serialisable dict (grain's
   own orbax `save`/`load` write it as JSON).
 
@@ -599,16 +648,19 @@ def create_train_iterator(
     read_threads: grain read threads per process (default 1 with workers, else 2).
   """
   on_device = preprocess_on(config) == "device"
+  from_tfds = data_source is None
   split_config, data_source, fda_data_source, labels_from = _train_split(
       config, domain, data_source, fda_data_source)
   resize_hw, crop_hw = _sizes(split_config, domain)
   with_label = domain == "source" or bool(labels_from)
   desc = _dataset_desc(split_config)
+  rcs_sampling, rcs_crop = _rare_class_sampling(config, domain, data_source, from_tfds,
+                                                labels_from)
   common = dict(
       dataset=desc, resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
       with_label=with_label, pseudo_label_dir=labels_from,
       fda_beta=float(config.data.get("fda_beta", 0.0)) if fda_data_source is not None else 0.0,
-      fda_images=fda_data_source, domain=domain)
+      fda_images=fda_data_source, domain=domain, rcs_crop=rcs_crop)
   if on_device:
     transform = RawTrainTransform(
         **common,
@@ -625,7 +677,7 @@ def create_train_iterator(
   batch_size = local_batch_size(config.train.batch_size, process_count)
   ds = make_train_dataset(
       data_source, transform, batch_size=batch_size, seed=seed, domain=domain,
-      process_index=jax.process_index(), process_count=process_count)
+      process_index=jax.process_index(), process_count=process_count, rcs_sampling=rcs_sampling)
   workers = worker_count(config)
   if read_threads is None:
     read_threads = 1 if workers > 0 else 2
