@@ -9,6 +9,10 @@ FDA: `:fda_b001`, `:fda_b005`, `:fda_b009` (one model per beta; `_seat` for SEAT
 rounds: `python -m seat_jax.methods.fda` (README, "FDA").
 IntraDA: `:intrada`, `:intrada_seat` (its stage 1; then `--config.mode=entropy_rank` and
 configs/gta_stage2.py with the same row; README, "IntraDA").
+Differential treatment: `:differential`, `:differential_seat`. Toldo et al.: `:clustering_source`
+then `:clustering` from it (`:clustering_seat_source`, `:clustering_seat` with SEAT norms).
+Mixing-based self-training (README, "Mixing-based self-training"): `:dacs`, `:daformer_dlv2`,
+`:mic_dlv2`, each with `_seat` for SEAT norms.
 """
 
 from seat_jax import presets

@@ -41,6 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source = ml_collections.ConfigDict(dict(
       name="gta5", builder_config="original", split="train",
       resize_hw=(720, 1280), crop_hw=(512, 1024),
+      # DAFormer's rare class sampling (seat_jax/rcs.py): a class drawn by its pixel frequency
+      # with this temperature (DAFormer: 0.01; 0 = off, shuffled epochs), then an image with more
+      # than rcs_min_pixels of it (at the stored label size; DAFormer 3000), its crop redrawn up
+      # to 10 times until it holds rcs_min_crop_ratio of that (DAFormer 0.5; 0 = no redraws).
+      rcs_temperature=0.0, rcs_min_pixels=3000, rcs_min_crop_ratio=0.5,
       # IntraDA stage 2 (the easy target images as "source"): only the ids listed in this file,
       # labelled from this directory instead of the stored labels. "" = whole split / stored.
       ids_file="", pseudo_label_dir=""))
@@ -79,12 +84,54 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.robust_entropy_eta = 2.0
   c.loss.target_ce_weight = 1.0  # stage 2: CE on target pseudo-labels
 
+  # Differential treatment (Wang et al. 2020): stuff classes matched to a class-wise memory of
+  # source features, thing instances to an instance-wise one (layer4 features). 0 = off.
+  c.differential = ml_collections.ConfigDict()
+  c.differential.stuff_weight = 0.0  # published 0.01
+  c.differential.thing_weight = 0.0  # published 0.01
+  c.differential.stuff_bank = 50  # memory slots per stuff class
+  c.differential.thing_bank = 500  # memory slots per thing class
+
+  # Toldo et al. 2021: clustering, orthogonality and sparsity losses on layer4 features plus an
+  # image-wise weighted MaxSquare entropy on the target. All 0 = off (presets set the values).
+  c.clustering = ml_collections.ConfigDict()
+  c.clustering.cluster = 0.0
+  c.clustering.ortho = 0.0
+  c.clustering.sparse = 0.0
+  c.clustering.entropy = 0.0
+  c.clustering.iw_ratio = 0.2  # MaxSquare's image-wise class weighting exponent (0 = uniform)
+
+  # Mixing-based self-training with a mean teacher: DACS's ClassMix, DAFormer's feature distance,
+  # MIC's masked images (README "Mixing-based self-training").
+  c.mix = ml_collections.ConfigDict()
+  c.mix.enabled = False
+  # The norm mixed images go through: target | source | batch (their own batch statistics, the
+  # mean affine, no running update; best on the synthetic shift, benchmarks/RESULTS.md).
+  c.mix.norm = "batch"
+  c.mix.teacher_alpha = 0.99  # EMA of the teacher (DACS 0.99; DAFormer, MIC 0.999)
+  c.mix.confidence = 0.968  # pseudo-label weight = share of teacher pixels above this
+  c.mix.augment = True  # colour jitter + Gaussian blur on the mixed image (DACS)
+  c.mix.jitter_strength = 0.2  # colour jitter's strength (DACS 0.25, DAFormer/MIC 0.2)
+  # DAFormer's pseudo-label crop: no weight on the top / bottom rows of the target crop (the
+  # ego car's hood, the image border; DAFormer on GTA5: 15 / 120). 0 = none (DACS).
+  c.mix.pseudo_ignore_top = 0
+  c.mix.pseudo_ignore_bottom = 0
+  c.mix.weight = 1.0  # CE weight of the mixed image
+  c.mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
+  c.mix.mic_block = 64  # MIC's masked patches: block size in pixels and share masked
+  c.mix.mic_ratio = 0.7
+  c.mix.fd_weight = 0.0  # DAFormer: thing-class feature distance to the initial model (0.005)
+
   # Optimisation (SPEC section 4).
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"  # sgd (the references) | adamw (DAFormer/MIC: lr 6e-5, decay 0.01)
   c.optim.lr = 2.5e-4
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.optim.poly_power = 0.9
+  c.optim.warmup_steps = 0  # linear warmup from 1e-6 of the lr (DAFormer: 1500); 0 = none
+  c.optim.adam_b1 = 0.9  # optim.name=adamw only
+  c.optim.adam_b2 = 0.999
   c.optim.head_lr_mult = 10.0
   c.optim.head_patterns = (r"^(aux_head|main_head)/",)
   c.optim.frozen_patterns = ()  # extra regexes of params that never move

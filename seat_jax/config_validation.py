@@ -7,6 +7,7 @@ from seat_jax import datasets
 from seat_jax import errors
 from seat_jax import labels
 from seat_jax import models
+from seat_jax import optim
 from seat_jax import predict
 from seat_jax import pseudo_labels
 from seat_jax import train_step
@@ -27,6 +28,8 @@ CHOICES = {
     "data.val.name": datasets.NAMES,
     "pseudo.rule": pseudo_labels.RULES,
     "pseudo.checkpoint": pseudo_labels.CHECKPOINT_SELECTIONS,
+    "optim.name": optim.SEGMENTER_OPTIMIZERS,
+    "mix.norm": tuple(train_step.MIX_NORMS),
 }
 PLACEHOLDER = "REQUIRED"
 # `init_from` value that starts a real-data run from random weights on purpose.
@@ -91,6 +94,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     problems.append(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
                     f"the {num_devices} devices (the batch is split across them)")
   problems += _fda_problems(config)
+  problems += _mix_problems(config)
   if problems:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -110,4 +114,23 @@ def _fda_problems(config) -> list[str]:
   if paths and config.eval.checkpoint:
     problems.append("config.eval.checkpoint and config.eval.ensemble are both set; clear one "
                     "(--config.eval.checkpoint='')")
+  return problems
+
+
+def _mix_problems(config) -> list[str]:
+  """Mixing-based self-training: the teacher, the mixed images' norm, MIC's masks."""
+  problems = []
+  mix = config.mix
+  if not 0.0 <= mix.teacher_alpha < 1.0:
+    problems.append(f"config.mix.teacher_alpha={mix.teacher_alpha} must be in [0, 1) "
+                    "(DACS 0.99, DAFormer/MIC 0.999)")
+  if not 0.0 <= mix.mic_ratio < 1.0 or mix.mic_block < 1:
+    problems.append(f"config.mix.mic_ratio={mix.mic_ratio} must be in [0, 1) and "
+                    f"config.mix.mic_block={mix.mic_block} >= 1 (MIC: 0.7, 64)")
+  if mix.mic_weight and not mix.enabled:
+    problems.append("config.mix.mic_weight is set but config.mix.enabled is False: MIC's masked "
+                    "images are labelled by the mixing teacher; add --config.mix.enabled=True")
+  if mix.enabled and mix.norm == "batch" and not config.model.bn_train_stats:
+    problems.append("config.mix.norm='batch' normalises with batch statistics, which "
+                    "config.model.bn_train_stats=False turns off; choose target or source")
   return problems

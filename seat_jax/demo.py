@@ -7,8 +7,9 @@ flat game-like renderings; target: another palette, lighting, noise and blur):
   SEAT         per-domain statistics and affine, multi-level adversarial training;
 evaluates SEAT also with the paper's layer switch (stages 3-4 use the source norms, as the GTA5
 preset), then stage 2 (self-training, re-initialised, on pseudo-labels from SEAT with the layer
-switch, evaluated with it too, as in the paper's pipeline), and prints one table of target
-validation IoU. Everything lands in --workdir.
+switch, evaluated with it too, as in the paper's pipeline), then DACS with SEAT norms (mixing-based
+self-training with an EMA teacher, the best mixing variant on this shift; benchmarks/RESULTS.md),
+and prints one table of target validation IoU. Everything lands in --workdir.
 """
 
 import sys
@@ -26,12 +27,15 @@ _SIZE = flags.DEFINE_string("size", "",
 
 RUNS = (("source only", "source_only", "shared"), ("SAT", "sat", "sat"),
         ("SEAT", "seat", "seat"))
+# After the paper's pipeline: (title, run name, configs/demo.py row).
+MIXING_RUN = ("DACS + SEAT", "dacs_seat", "dacs_seat")
 
 
-def run_config(norm_mode: str, data_dir: str, steps: int | None, size: str,
+def run_config(row: str, data_dir: str, steps: int | None, size: str,
                batch_size: int | None = None):
+  """A configs/demo.py row (a norm mode or a method's row) with the demo's overrides."""
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
-  config = presets.demo(norm_mode)
+  config = presets.demo_row(row)
   config.data.data_dir = data_dir
   if batch_size:
     config.train.batch_size = batch_size
@@ -76,11 +80,11 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
 
   workdir = epath.Path(workdir).absolute()
   data_dir = str(workdir / "tfds")
-  make_config = lambda norm_mode: run_config(norm_mode, data_dir, steps, size, batch_size)
+  make_config = lambda row: run_config(row, data_dir, steps, size, batch_size)
   switch = presets.GTA_LAYER_SWITCH
   ls_name = f"LS {switch[0]}-{switch[-1]}"
   # The stages and their rough shares of the demo's time, for the demo-wide ETA.
-  weights = [2, 10, 10, 10, 1, 3, 10, 1]
+  weights = [2, 10, 10, 10, 1, 3, 10, 1, 14]
   stages = iter(range(len(weights)))
   clock = progress.Progress("demo", sum(weights), unit="work units", every_secs=0.0)
   clock(0)
@@ -121,6 +125,12 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
   begin(f"Evaluating stage 2 with {ls_name}")
   results[f"SEAT + {ls_name} + self-training"] = evaluate_final(
       stage2, workdir / "seat_stage2", switch)
+
+  title, name, row = MIXING_RUN
+  begin(f"Training {title} (ClassMix with an EMA teacher, mixed images in their own batch norm)")
+  configs[name] = make_config(row)
+  train.train_and_evaluate(configs[name], str(workdir / name))
+  results[title] = evaluate_final(configs[name], workdir / name)
 
   table = results_table(results)
   (workdir / "results.md").write_text(

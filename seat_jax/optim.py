@@ -64,11 +64,35 @@ def frozen_patterns(config) -> tuple[str, ...]:
   return patterns
 
 
+# Segmenter optimisers (config optim.name): the references' SGD, or AdamW as DAFormer and MIC
+# train DeepLabV2 (lr 6e-5, weight decay 0.01, betas 0.9/0.999).
+SEGMENTER_OPTIMIZERS = ("sgd", "adamw")
+
+
+def with_linear_warmup(schedule: optax.Schedule, warmup_steps: int,
+                       start_ratio: float = 1e-6) -> optax.Schedule:
+  """mmcv's linear warmup over a schedule (DAFormer: 1500 steps from 1e-6 of the lr).
+
+  lr_i = schedule(i) * (1 - (1 - i / warmup) * (1 - start_ratio)) for i < warmup, then schedule(i).
+  """
+  if warmup_steps <= 0:
+    return schedule
+
+  def warmed(step):
+    progress = jnp.minimum(step / warmup_steps, 1.0)
+    # = 1 - (1 - progress) * (1 - start_ratio), written so float32 keeps start_ratio exact.
+    return schedule(step) * (start_ratio + progress * (1.0 - start_ratio))
+  return warmed
+
+
 def segmenter_lr_schedules(config) -> dict[str, optax.Schedule]:
-  base = poly_schedule(config.optim.lr, config.train.lr_horizon_steps, config.optim.poly_power)
-  head = poly_schedule(config.optim.lr * config.optim.head_lr_mult,
-                       config.train.lr_horizon_steps, config.optim.poly_power)
-  return {"backbone": base, "head": head}
+  warmup = config.optim.get("warmup_steps", 0)
+
+  def schedule(lr):
+    return with_linear_warmup(
+        poly_schedule(lr, config.train.lr_horizon_steps, config.optim.poly_power), warmup)
+  return {"backbone": schedule(config.optim.lr),
+          "head": schedule(config.optim.lr * config.optim.head_lr_mult)}
 
 
 # How often AdaptSegNet's `get_1x_lr_params_NOscale` / ADVENT's `get_1x_lr_params_no_scale` list
@@ -157,13 +181,20 @@ def duplicate_listing_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float
 
 
 def make_segmenter_tx(config, params: Any) -> optax.GradientTransformation:
-  """SGD + momentum + weight decay + poly lr with 1x/10x/frozen groups for `params`.
+  """SGD + momentum + weight decay + poly lr with 1x/10x/frozen groups for `params` (or AdamW).
 
   With `optim.reference_duplicate_updates`, each trainable tensor is updated as often per step
   as the references' optimiser lists it (`listing_multiplicity`, `duplicate_listing_sgd`).
   """
   schedules = segmenter_lr_schedules(config)
   labels = param_groups(params, config.optim.head_patterns, frozen_patterns(config))
+  if config.optim.get("name", "sgd") == "adamw":
+    def adamw(schedule):
+      return optax.adamw(schedule, b1=config.optim.adam_b1, b2=config.optim.adam_b2,
+                         weight_decay=config.optim.weight_decay)
+    return optax.multi_transform(
+        {"backbone": adamw(schedules["backbone"]), "head": adamw(schedules["head"]),
+         "frozen": optax.set_to_zero()}, labels)
   if config.optim.reference_duplicate_updates:
     return _duplicate_listing_tx(config, schedules, labels, listing_multiplicity(params))
 

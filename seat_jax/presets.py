@@ -8,7 +8,12 @@ is made here once and listed in README ("What the presets choose").
 import ml_collections
 
 from seat_jax import config_defaults
+from seat_jax.methods import clustering as clustering_method
+from seat_jax.methods import dacs
+from seat_jax.methods import daformer
+from seat_jax.methods import differential as differential_method
 from seat_jax.methods import fda as fda_method
+from seat_jax.methods import mic as mic_method
 
 # Rows of the paper's Tables 5 (GTA5) and 6 (SYNTHIA), in the tables' order.
 ABLATION_ROWS = ("aa", "it", "sat", "seat", "mul")
@@ -24,6 +29,16 @@ INTRADA_ROWS = ("intrada", "intrada_seat")
 # SEAT norms; configs/*_stage2.py with the same row is its self-training round.
 _FDA_BETA_OF_TAG = {fda_method.beta_tag(b): b for b in fda_method.BETAS}
 FDA_ROWS = tuple(f"fda_{tag}{suffix}" for tag in _FDA_BETA_OF_TAG for suffix in ("", "_seat"))
+# Differential treatment (Wang et al. 2020; the paper's Table 4 adds SEAT to it): the
+# output-space adversary plus stuff/thing feature losses, without its self-training round.
+DIFFERENTIAL_ROWS = ("differential", "differential_seat")
+# Toldo et al. 2021: a source-only stage, then feature clustering from it (each with a `_seat`
+# twin, since a shared-BN checkpoint cannot initialise a SEAT-norm model).
+CLUSTERING_ROWS = ("clustering_source", "clustering", "clustering_seat_source", "clustering_seat")
+# Mixing-based self-training with a mean teacher (issue 13): DACS, DAFormer's strategy on
+# DeepLabV2 and MIC on top of it, each without / with SEAT norms.
+MIX_ROWS = tuple(f"{m}{suffix}" for m in ("dacs", "daformer_dlv2", "mic_dlv2")
+                 for suffix in ("", "_seat"))
 # The paper's best layer switch (section 5.2): stages 3-4 on GTA5, stage 4 on SYNTHIA.
 GTA_LAYER_SWITCH = (3, 4)
 SYNTHIA_LAYER_SWITCH = (4,)
@@ -94,6 +109,14 @@ def gta(row: str = "mul") -> ml_collections.ConfigDict:
     config = _gta_base()
     config.data.source.builder_config = "original"
     return fda(config, row, GTA_LAYER_SWITCH)
+  if row in DIFFERENTIAL_ROWS:
+    return differential(_gta_base(), row, GTA_LAYER_SWITCH)
+  if row in CLUSTERING_ROWS:
+    return clustering(_gta_base(), row, "gta5")
+  if row in MIX_ROWS:
+    config = _gta_base()
+    config.data.source.builder_config = "original"
+    return mixing(config, row)
   config = _gta_base()
   if row == "aa":
     config.data.source.builder_config = "original"
@@ -153,6 +176,13 @@ def synthia(row: str = "mul") -> ml_collections.ConfigDict:
   if row in FDA_ROWS:
     # FDA trains 19 outputs on SYNTHIA too; the synthia builder stores 16 classes (README).
     return fda(config, row, SYNTHIA_LAYER_SWITCH)
+  if row in DIFFERENTIAL_ROWS:
+    return differential(config, row, SYNTHIA_LAYER_SWITCH)
+  if row in CLUSTERING_ROWS:
+    config.data.source.resize_hw = (760, 1280)  # Toldo et al. train on the whole 1280x760 image
+    return clustering(config, row, "synthia")
+  if row in MIX_ROWS:
+    return mixing(config, row)
   # The paper: "+SEAT ... 47.0 (no layer switch)", "+Mul ... 47.4 (layer switch 4-4)".
   layer_switch = SYNTHIA_LAYER_SWITCH if row == "mul" else ()
   return apply_ablation_row(config, row, layer_switch)
@@ -204,6 +234,187 @@ def fda(config: ml_collections.ConfigDict, row: str, layer_switch: tuple[int, ..
   else:
     _shared_frozen_bn(config)
   return config
+
+
+def _single_head(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """One classifier on layer4 (SIM, DACS, DAFormer's DeepLabV2): the aux head has no loss and
+  stays frozen."""
+  config.loss.aux_weight = 0.0
+  config.optim.frozen_patterns = tuple(config.optim.frozen_patterns) + (r"^aux_head/",)
+  return config
+
+
+def _norms(config: ml_collections.ConfigDict, seat: bool,
+           layer_switch: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
+  """A compared method's own BN (shared, affine frozen) or SEAT norms with `layer_switch`."""
+  if seat:
+    config.model.norm_mode = "seat"
+    config.model.bn_affine_trainable = True
+    config.eval.source_stages = layer_switch
+    return config
+  return _shared_frozen_bn(config)
+
+
+def differential(config: ml_collections.ConfigDict, row: str,
+                 layer_switch: tuple[int, ...]) -> ml_collections.ConfigDict:
+  """Differential treatment without self-training (the SIM repository's `train_sim.py`).
+
+  One head on layer4 with AdaptSegNet's two-branch ASPP, one output-space discriminator
+  (0.001), stuff loss 0.01 against 50 source features per class, thing loss 0.01 against 500
+  instance features per class; CycleGAN-translated source images at 1280x720 without crop;
+  200k of a 250k-step poly schedule, the best snapshot on val (every 5k). `_seat`: SEAT norms
+  with `layer_switch` (Table 4's "+SEAT").
+  """
+  config.data.source.builder_config = "translated"
+  config.data.source.crop_hw = ()
+  config.model.aspp_branches = 2
+  _single_head(config)
+  config.adv.mode = "single"
+  config.adv.weight = 0.001
+  config.differential.stuff_weight = differential_method.LAMBDA_STUFF
+  config.differential.thing_weight = differential_method.LAMBDA_THING
+  config.differential.stuff_bank = differential_method.STUFF_BANK_SIZE
+  config.differential.thing_bank = differential_method.THING_BANK_SIZE
+  config.train.num_steps = 200_000
+  config.train.lr_horizon_steps = 250_000
+  config.train.checkpoint_every = 5000
+  config.pseudo.checkpoint = "best_on_val"
+  return _norms(config, row.endswith("_seat"), layer_switch)
+
+
+def clustering(config: ml_collections.ConfigDict, row: str,
+               dataset: str) -> ml_collections.ConfigDict:
+  """Toldo et al.'s two stages (LTTM/UDAclustering README): source only, then clustering.
+
+  `*_source`: source CE only, whole source images resized (no crop), random flip, 80k of a
+  200k-step poly schedule. The adaptation stage starts from that model (`init_from`, REQUIRED)
+  with no discriminator: clustering, orthogonality, sparsity and the image-wise MaxSquare
+  entropy with the dataset's published weights, 10 epochs of Cityscapes train (24,750 steps,
+  batch 1, the poly horizon equal to the run). One head on layer4 with AdaptSegNet's two-branch
+  ASPP; BN affine trained (the reference freezes only the stem's, as here). `_seat` rows: SEAT norms in both stages.
+  """
+  seat = "_seat" in row
+  config.data.source.crop_hw = ()
+  config.data.flip = True
+  config.model.aspp_branches = 2
+  _single_head(config)  # DeeplabResnetFeat: one classifier on layer4
+  config.adv.mode = "none"
+  config.optim.frozen_patterns = tuple(config.optim.frozen_patterns) + (r"^bn1/",)
+  _norms(config, seat)
+  config.model.bn_affine_trainable = True
+  if row.endswith("_source"):
+    config.train.num_steps = 80_000
+    config.train.lr_horizon_steps = 200_000
+    return config
+  for key, value in clustering_method.PUBLISHED_WEIGHTS[dataset].items():
+    config.clustering[key] = value
+  config.train.num_steps = config.train.lr_horizon_steps = 24_750
+  config.train.checkpoint_every = 2475
+  config.init_from = (f"REQUIRED: --config.init_from=<the {row}_source run's workdir>")
+  return config
+
+
+def _mixed_image_norm(config: ml_collections.ConfigDict) -> None:
+  """SEAT norms: the default `batch` (best on the synthetic shift). One shared BN: `target`,
+  so its single set of statistics absorbs the mixed images as the references' BN does."""
+  if config.model.norm_mode == "shared":
+    config.mix.norm = "target"
+
+
+def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
+  """DACS, DAFormer's training strategy on DeepLabV2, MIC on top of it (README "Mixing").
+
+  Facts from the reference code (docs/mixing-methods-research.md). dacs (vikolss/DACS):
+  ClassMix with an EMA teacher (0.99), confidence 0.968, colour jitter and blur, SGD 2.5e-4
+  poly 0.9 over 250k steps, batch 2 + 2, 512x512 crops of 1280x720 source and 1024x512 target
+  images, one head with the two-branch ASPP, BN affine frozen. daformer_dlv2 (lhoyer/DAFormer):
+  AdamW 6e-5 (weight decay 0.01, 10x heads), 1500 warmup steps, poly 1.0 over 40k steps,
+  teacher 0.999, BN trained, random flip, rare class sampling (T 0.01, 3000 pixels),
+  thing-class feature distance 0.005. mic_dlv2 (lhoyer/MIC, its DeepLabV2 experiment): + masked
+  target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
+  mixed images normalised by their own batch statistics (config mix.norm, `_mixed_image_norm`).
+  """
+  method = row.removesuffix("_seat")
+  _norms(config, row.endswith("_seat"))
+  _single_head(config)
+  config.model.aspp_branches = 2
+  config.adv.mode = "none"
+  config.mix.enabled = True
+  _mixed_image_norm(config)
+  config.mix.teacher_alpha = dacs.DACS_ALPHA
+  config.mix.confidence = dacs.PSEUDO_THRESHOLD
+  config.data.source.crop_hw = (512, 512)
+  config.data.target.crop_hw = (512, 512)
+  config.train.batch_size = 2
+  config.train.num_steps = config.train.lr_horizon_steps = 250_000
+  config.train.checkpoint_every = 5000
+  if method == "dacs":
+    config.mix.jitter_strength = dacs.DACS_JITTER_STRENGTH
+    return config
+  config.model.bn_affine_trainable = True
+  config.data.flip = True
+  config.optim.reference_duplicate_updates = False  # mmseg's optimiser lists each tensor once
+  config.optim.name = "adamw"
+  config.optim.lr = 6e-5
+  config.optim.weight_decay = 0.01
+  config.optim.poly_power = 1.0
+  config.optim.warmup_steps = 1500
+  config.train.num_steps = config.train.lr_horizon_steps = 40_000
+  config.train.checkpoint_every = 4000
+  config.mix.teacher_alpha = dacs.DAFORMER_ALPHA
+  config.mix.jitter_strength = dacs.DAFORMER_JITTER_STRENGTH
+  config.mix.pseudo_ignore_top = daformer.PSEUDO_WEIGHT_IGNORE_TOP
+  config.mix.pseudo_ignore_bottom = daformer.PSEUDO_WEIGHT_IGNORE_BOTTOM
+  config.mix.fd_weight = daformer.FD_LAMBDA
+  config.data.source.rcs_temperature = 0.01
+  config.data.source.rcs_min_pixels = 3000
+  if method == "mic_dlv2":
+    config.mix.mic_weight = mic_method.MASK_LAMBDA
+    config.mix.mic_block = 32  # MIC's DeepLabV2 experiment (64 is its HRDA setting)
+    config.mix.mic_ratio = mic_method.MASK_RATIO
+  return config
+
+
+def _demo_method(row: str) -> ml_collections.ConfigDict:
+  """Issue 12/13 methods on the demo's tiny model and budget (configs/demo.py rows).
+
+  Same data, model, batch and 300 steps as the demo's other rows; the methods' losses, weights
+  and teachers as their presets, sizes scaled to the 64x128 images (MIC blocks of 16 pixels,
+  banks of 8 / 32 features, no warmup, SGD at the demo's lr so the rows compare on equal terms).
+  """
+  seat = "_seat" in row
+  config = demo("seat" if seat else "shared")
+  if row.startswith("differential"):
+    config.adv.mode = "single"
+    config.differential.stuff_weight = differential_method.LAMBDA_STUFF
+    config.differential.thing_weight = differential_method.LAMBDA_THING
+    config.differential.stuff_bank, config.differential.thing_bank = 8, 32
+    return config
+  if row.startswith("clustering"):
+    config.adv.mode = "none"
+    if not row.endswith("_source"):
+      for key, value in clustering_method.PUBLISHED_WEIGHTS["gta5"].items():
+        config.clustering[key] = value
+      config.train.num_steps = config.train.lr_horizon_steps = 100
+      config.init_from = f"REQUIRED: --config.init_from=<the demo {row}_source run's workdir>"
+    return config
+  config.adv.mode = "none"
+  config.mix.enabled = True
+  _mixed_image_norm(config)
+  config.mix.teacher_alpha = dacs.DACS_ALPHA
+  method = row.removesuffix("_seat")
+  if method in ("daformer", "mic"):
+    config.mix.fd_weight = daformer.FD_LAMBDA
+    config.data.source.rcs_temperature = 0.01
+    config.data.source.rcs_min_pixels = 16
+  if method == "mic":
+    config.mix.mic_weight = mic_method.MASK_LAMBDA
+    config.mix.mic_block, config.mix.mic_ratio = 16, mic_method.MASK_RATIO
+  return config
+
+
+DEMO_METHOD_ROWS = (*DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, "dacs", "dacs_seat", "daformer",
+                    "daformer_seat", "mic", "mic_seat")
 
 
 def _demo_fda(row: str) -> ml_collections.ConfigDict:
@@ -270,6 +481,8 @@ def demo_row(row: str = "seat") -> ml_collections.ConfigDict:
     return _demo_fda(row)
   if row.startswith("intrada"):  # :intrada[_seat][_stage2]
     return demo_intrada(row)
+  if row in DEMO_METHOD_ROWS:
+    return _demo_method(row)
   return demo(row or "seat")
 
 

@@ -6,6 +6,7 @@ optimisers from the config, the state created or restored (workdir checkpoint ->
 a clean stop on a non-finite loss or Ctrl-C that keeps every good checkpoint.
 """
 
+import functools
 import json
 import math
 import time
@@ -38,7 +39,7 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 # Checkpoints: the segmenter as `model` (checkpointing.MODEL) and one item per other state field.
 
 _ITEM_OF_FIELD = {"disc_params": "disc", "opt_state": "opt_state",
-                  "disc_opt_state": "disc_opt_state"}
+                  "disc_opt_state": "disc_opt_state", "method_state": "method_state"}
 
 
 def checkpoint_items(state: TrainState) -> dict[str, PyTree]:
@@ -88,8 +89,12 @@ def initialise(trainer: train_step.Trainer, workdir: epath.Path,
     directory, step = checkpointing.resolve(config.init_from)
     abstract = train_step.abstract_state(trainer).model_variables()
     variables = checkpointing.restore_model(directory, abstract, step)
-    # Optimiser and discriminator states stay fresh: a warm start, not a resume.
-    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    # Optimiser and discriminator states stay fresh: a warm start, not a resume. The teacher
+    # (and DAFormer's reference model) start from the loaded weights.
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                          method_state=jax.jit(
+                              functools.partial(train_step.init_method_state, trainer),
+                              out_shardings=trainer.replicated)(variables))
     return state, 0.0, f"initialised the segmenter from config.init_from={config.init_from}"
   return state, 0.0, "initialised from scratch (random weights)"
 
@@ -116,7 +121,8 @@ def log_parameter_overview(state: TrainState, workdir: epath.Path) -> None:
         f"discriminator(s): {disc_count:,}.", flush=True)
 
 
-_SHOWN_METRICS = ("loss", "seg_main", "adv_main", "d_main_source", "d_main_target")
+_SHOWN_METRICS = ("loss", "seg_main", "adv_main", "d_main_source", "d_main_target", "mix_main",
+                   "pseudo_weight", "mic_main", "stuff_loss", "thing_loss", "cluster")
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
@@ -136,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   trainer = train_step.build_trainer(config)
   data = input_pipeline.TrainingBatches(config, trainer.data_sharding,
-                                        with_target=trainer.opts.target_pass)
+                                        with_target=trainer.opts.uses_target_images)
   state, elapsed, how = initialise(trainer, workdir, data)
   print(f"seat_jax: {how}; {jax.device_count()} device(s) ({jax.devices()[0].platform}), "
         f"{jax.process_count()} process(es).", flush=True)

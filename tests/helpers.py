@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from seat_jax import presets
@@ -71,3 +72,13 @@ def tiny_model_config(model_hw):
   config.data.val.resize_hw = model_hw
   config.data.target.resize_hw = model_hw
   return config
+
+
+def fake_step_batch(seed: int = 0, h: int = 32, w: int = 48, num_classes: int = 5):
+  """A fixed random batch of two images per domain for the step (top 4 label rows ignored)."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, size=(2, h, w)).astype(np.int32)
+  labels[:, :4] = 255
+  return {"source_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 50, jnp.float32),
+          "source_label": jnp.asarray(labels),
+          "target_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 30 + 20, jnp.float32)}

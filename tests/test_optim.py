@@ -109,3 +109,44 @@ def test_disc_adam_matches_torch_adam():
     w.grad = torch.from_numpy(g)
     adam.step()
   np.testing.assert_allclose(params, w.detach().numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_linear_warmup_follows_mmcv_over_the_poly_schedule():
+  config = _config(warmup_steps=10, poly_power=1.0)
+  schedules = optim.segmenter_lr_schedules(config)
+  for step in (0, 5, 10, 50):
+    poly = 0.01 * (1 - step / 100)
+    factor = 1 - (1 - min(step / 10, 1.0)) * (1 - 1e-6)  # mmcv 'linear', warmup_ratio 1e-6
+    np.testing.assert_allclose(schedules["backbone"](step), poly * factor, rtol=1e-5)
+    np.testing.assert_allclose(schedules["head"](step), 10 * poly * factor, rtol=1e-5)
+
+
+def test_adamw_matches_torch_adamw_with_ten_times_the_head_lr():
+  config = _config(name="adamw", lr=0.01, weight_decay=0.05, poly_power=1.0)
+  params = {"conv1": {"kernel": jnp.asarray([[0.5, -1.0], [2.0, 0.1]])},
+            "main_head": {"branch0": {"bias": jnp.asarray([0.3, -0.7])}}}
+  grads = [{"conv1": {"kernel": jnp.asarray([[0.2, -0.4], [1.0, 0.0]])},
+            "main_head": {"branch0": {"bias": jnp.asarray([-0.5, 0.25])}}},
+           {"conv1": {"kernel": jnp.asarray([[-0.1, 0.3], [0.5, 2.0]])},
+            "main_head": {"branch0": {"bias": jnp.asarray([0.1, 0.2])}}}]
+  tx = optim.make_segmenter_tx(config, params)
+  state, current = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, current)
+    current = optax.apply_updates(current, updates)
+  # torch: one AdamW per group, lr following the poly schedule (LambdaLR), betas 0.9/0.999.
+  torch_params = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in (
+      ("kernel", params["conv1"]["kernel"]), ("bias", params["main_head"]["branch0"]["bias"]))}
+  opt = torch.optim.AdamW([{"params": [torch_params["kernel"]], "lr": 0.01},
+                           {"params": [torch_params["bias"]], "lr": 0.1}],
+                          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+  sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / 100)
+  for g in grads:
+    torch_params["kernel"].grad = torch.tensor(np.asarray(g["conv1"]["kernel"]))
+    torch_params["bias"].grad = torch.tensor(np.asarray(g["main_head"]["branch0"]["bias"]))
+    opt.step()
+    sched.step()
+  np.testing.assert_allclose(current["conv1"]["kernel"], torch_params["kernel"].detach().numpy(),
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(current["main_head"]["branch0"]["bias"],
+                             torch_params["bias"].detach().numpy(), rtol=1e-5, atol=1e-7)

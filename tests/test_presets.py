@@ -16,14 +16,21 @@ from seat_jax import labels
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FDA = ("fda_b001", "fda_b005", "fda_b009", "fda_b001_seat", "fda_b005_seat", "fda_b009_seat")
 INTRADA = ("intrada", "intrada_seat")
+DIFFERENTIAL = ("differential", "differential_seat")
+CLUSTERING = ("clustering_source", "clustering", "clustering_seat_source", "clustering_seat")
+MIXING = ("dacs", "dacs_seat", "daformer_dlv2", "daformer_dlv2_seat", "mic_dlv2",
+          "mic_dlv2_seat")
 ROWS = {
     "gta.py": ("", "aa", "it", "sat", "seat", "mul", "adaptsegnet", "adaptsegnet_seat",
-               "advent", "advent_seat", "source_only", "cycada", *INTRADA, *FDA),
+               "advent", "advent_seat", "source_only", "cycada", *INTRADA, *FDA, *DIFFERENTIAL,
+               *CLUSTERING, *MIXING),
     "gta_stage2.py": ("", "mul", *INTRADA, *FDA),
-    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA),
+    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA, *DIFFERENTIAL, *CLUSTERING,
+                   *MIXING),
     "synthia_stage2.py": ("", "mul", *FDA),
     "demo.py": ("", "shared", "sat", "seat", *INTRADA, "intrada_stage2", "intrada_seat_stage2",
-                *FDA),
+                *FDA, *DIFFERENTIAL, *CLUSTERING, "dacs", "dacs_seat", "daformer",
+                "daformer_seat", "mic", "mic_seat"),
 }
 
 
@@ -56,6 +63,13 @@ def test_every_preset_and_row_loads_and_validates(name, row):
       config_validation.validate(config)
     assert "data.target.pseudo_label_dir" in _fill_placeholders(config) or row.startswith(
         "intrada")
+  if str(config.init_from).startswith(config_validation.PLACEHOLDER):
+    # Toldo et al.'s adaptation stage starts from its source-only stage: the preset says so.
+    with pytest.raises(errors.UsageError, match=r"init_from must be set.*_source run"):
+      config_validation.validate(config)
+    config.init_from = ""
+    if name == "demo.py":
+      config.init_from = "/made/up/source_only"
   if name != "demo.py":
     # Real data: a silent random start is refused with the conversion command...
     with pytest.raises(errors.UsageError, match=r"(?s)init_from is empty.*seat_jax.convert"):
@@ -177,3 +191,65 @@ def test_the_presets_layer_switch_reaches_eval_pseudo_labels_and_periodic_eval(
   config.data.target.max_examples = 2
   pseudo_labels.generate(config, str(tmp_path))  # pseudo-labels
   assert stages_used == [((3, 4), "labels"), ((3, 4), "labels"), ((3, 4), "confidence")]
+
+
+# The compared methods' recipes, written from the reference repositories
+# (docs/compared-methods-research.md sections 3-4, docs/mixing-methods-research.md).
+@pytest.mark.parametrize("name", ["gta.py", "synthia.py"])
+def test_differential_treatment_follows_train_sim(name):
+  for row in DIFFERENTIAL:
+    config = load(name, row)
+    assert (config.differential.stuff_weight, config.differential.thing_weight) == (0.01, 0.01)
+    assert (config.differential.stuff_bank, config.differential.thing_bank) == (50, 500)
+    assert config.adv.mode == "single" and config.adv.weight == 0.001
+    assert config.loss.aux_weight == 0.0 and config.model.aspp_branches == 2
+    assert config.data.source.crop_hw == ()
+    assert (config.train.num_steps, config.train.lr_horizon_steps) == (200_000, 250_000)
+    seat = row.endswith("_seat")
+    assert (config.model.norm_mode, config.model.bn_affine_trainable) == (
+        ("seat", True) if seat else ("shared", False))
+
+
+@pytest.mark.parametrize("name,weights", [
+    ("gta.py", dict(cluster=2e-2, ortho=2.0, sparse=0.5, entropy=0.1, iw_ratio=0.2)),
+    ("synthia.py", dict(cluster=2e-2, ortho=0.1, sparse=1.0, entropy=5e-2, iw_ratio=0.0)),
+])
+def test_clustering_follows_udaclustering(name, weights):
+  source, adapt = load(name, "clustering_source"), load(name, "clustering")
+  assert source.adv.mode == adapt.adv.mode == "none"
+  assert all(source.clustering[k] == 0 for k in ("cluster", "ortho", "sparse", "entropy"))
+  assert (source.train.num_steps, source.train.lr_horizon_steps) == (80_000, 200_000)
+  assert {k: adapt.clustering[k] for k in weights} == weights
+  assert adapt.train.num_steps == adapt.train.lr_horizon_steps == 24_750
+  assert adapt.data.flip and adapt.model.bn_affine_trainable and adapt.model.aspp_branches == 2
+  assert source.loss.aux_weight == adapt.loss.aux_weight == 0.0  # one head on layer4
+  assert load(name, "clustering_seat").model.norm_mode == "seat"
+
+
+@pytest.mark.parametrize("name", ["gta.py", "synthia.py"])
+def test_mixing_presets_follow_dacs_daformer_and_mic(name):
+  dacs = load(name, "dacs")
+  assert dacs.mix.enabled and dacs.adv.mode == "none"
+  assert (dacs.mix.teacher_alpha, dacs.mix.confidence, dacs.mix.jitter_strength) == (
+      0.99, 0.968, 0.25)
+  assert (dacs.optim.name, dacs.optim.lr, dacs.optim.poly_power) == ("sgd", 2.5e-4, 0.9)
+  assert dacs.train.num_steps == 250_000 and dacs.train.batch_size == 2
+  assert tuple(dacs.data.source.crop_hw) == tuple(dacs.data.target.crop_hw) == (512, 512)
+  assert (dacs.model.norm_mode, dacs.model.bn_affine_trainable) == ("shared", False)
+  assert dacs.mix.fd_weight == 0 and dacs.data.source.rcs_temperature == 0
+  daformer = load(name, "daformer_dlv2")
+  assert (daformer.optim.name, daformer.optim.lr, daformer.optim.weight_decay) == (
+      "adamw", 6e-5, 0.01)
+  assert (daformer.optim.warmup_steps, daformer.optim.poly_power) == (1500, 1.0)
+  assert daformer.train.num_steps == 40_000 and daformer.mix.teacher_alpha == 0.999
+  assert (daformer.data.source.rcs_temperature, daformer.mix.fd_weight) == (0.01, 0.005)
+  assert daformer.model.bn_affine_trainable and daformer.mix.mic_weight == 0
+  mic = load(name, "mic_dlv2")
+  assert (mic.mix.mic_weight, mic.mix.mic_block, mic.mix.mic_ratio) == (1.0, 32, 0.7)
+  for row in MIXING:
+    config = load(name, row)
+    seat = row.endswith("_seat")
+    assert (config.model.norm_mode == "seat") == seat
+    # One shared BN takes the mixed images as the references' does; SEAT norms use the
+    # mixed batch's own statistics (the best choice on the synthetic shift).
+    assert config.mix.norm == ("batch" if seat else "target")

@@ -207,3 +207,22 @@ def test_bad_domain_and_mode_are_named(x):
     norm.apply(variables, jnp.asarray(x), "src", False)
   with pytest.raises(ValueError, match="model.norm_mode.*'dsbn'"):
     SeatNorm(mode="dsbn").init(jax.random.key(0), jnp.asarray(x))
+
+
+@pytest.mark.parametrize("mode", ["shared", "sat", "seat"])
+def test_mixed_images_use_batch_moments_and_the_mean_affine_without_updates(x, mode):
+  norm, variables = _init(mode, x)
+  y, updates = _train(norm, variables, x, "mixed")
+  p = variables["params"]
+  if mode == "seat":
+    scale = (np.asarray(p["source_scale"]) + np.asarray(p["target_scale"])) / 2
+    bias = (np.asarray(p["source_bias"]) + np.asarray(p["target_bias"])) / 2
+  else:
+    scale, bias = np.asarray(p["scale"]), np.asarray(p["bias"])
+  x64 = x.astype(np.float64)
+  expected = _numpy_bn(x64, x64.mean((0, 1, 2)), x64.var((0, 1, 2)), scale, bias)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  for name, value in updates["batch_stats"].items():  # no domain's statistics move
+    np.testing.assert_array_equal(value, variables["batch_stats"][name])
+  with pytest.raises(ValueError, match="training only"):
+    norm.apply(variables, jnp.asarray(x), "mixed", False)

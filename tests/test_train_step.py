@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import helpers
 from seat_jax import optim
 from seat_jax import presets
 from seat_jax import train_step
@@ -28,15 +29,6 @@ def _config(mode="multi_level_sum", adv_input="softmax", target_labels=False):
   return config
 
 
-def _batch(seed=0, h=32, w=48, num_classes=5):
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, num_classes, size=(2, h, w)).astype(np.int32)
-  labels[:, :4] = 255
-  return {"source_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 50, jnp.float32),
-          "source_label": jnp.asarray(labels),
-          "target_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 30 + 20, jnp.float32)}
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled(mode, adv_input="softmax", target_labels=False):
   """(initial state, jitted step, default weights) for one adversarial mode."""
@@ -50,7 +42,7 @@ def _compiled(mode, adv_input="softmax", target_labels=False):
 def _run(mode="multi_level_sum", batch=None, adv_input="softmax", target_labels=False, **weights):
   state, step, default = _compiled(mode, adv_input, target_labels)
   w = {**default, **{k: jnp.float32(v) for k, v in weights.items()}}
-  new_state, metrics = step(state, batch if batch is not None else _batch(), w)
+  new_state, metrics = step(state, batch if batch is not None else helpers.fake_step_batch(), w)
   return state, new_state, metrics
 
 
@@ -77,7 +69,7 @@ def test_each_domain_affine_moves_only_through_its_own_pass():
   changed = _changed(before.params["layer1"]["block0"]["bn2"], after.params["layer1"]["block0"]["bn2"])
   assert changed["source_scale"] and not changed["target_scale"] and not changed["target_bias"]
   # Every source pixel ignored: only the adversarial (target) pass moves the affines.
-  batch = _batch()
+  batch = helpers.fake_step_batch()
   batch["source_label"] = jnp.full_like(batch["source_label"], 255)
   before, after, _ = _run(batch=batch)
   changed = _changed(before.params["layer1"]["block0"]["bn2"], after.params["layer1"]["block0"]["bn2"])
@@ -124,7 +116,7 @@ def test_two_discriminators_with_entropy_input():
 
 
 def test_pseudo_labels_add_a_target_cross_entropy():
-  batch = _batch()
+  batch = helpers.fake_step_batch()
   batch["target_label"] = batch["source_label"]
   _, a, metrics = _run(batch=batch, target_labels=True, target_ce_weight=1.0)
   _, b, _ = _run(batch=batch, target_labels=True, target_ce_weight=0.0)

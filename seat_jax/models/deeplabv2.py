@@ -35,6 +35,12 @@ ASPP_BRANCHES = (2, 4)
 # recomputes the rest (memory for compute; README "Memory").
 REMAT_CHOICES = ("none", "blocks")
 HEAD_NAMES = ("aux_head", "main_head")
+BOTTLENECK_EXPANSION = 4  # a bottleneck's output has 4x its planes
+
+
+def layer4_channels(base_width: int) -> int:
+  """Channels of layer4's output (2048 for ResNet-101): the feature-space losses' vectors."""
+  return base_width * 2**3 * BOTTLENECK_EXPANSION
 
 conv_kernel_init = nn.initializers.normal(stddev=0.01)  # REFERENCE 1.2
 
@@ -121,10 +127,11 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm(name="bn1")(y, domain, train))
     y = conv(self.planes, 3, padding=self.dilation, dilation=self.dilation, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y, domain, train))
-    y = conv(self.planes * 4, 1, name="conv3")(y)
+    y = conv(self.planes * BOTTLENECK_EXPANSION, 1, name="conv3")(y)
     y = self.norm(name="bn3")(y, domain, train)
     if self.downsample:
-      x = conv(self.planes * 4, 1, stride=self.stride, name="downsample_conv")(x)
+      x = conv(self.planes * BOTTLENECK_EXPANSION, 1, stride=self.stride,
+               name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, domain, train)
     return nn.relu(y + x.astype(y.dtype))
 
@@ -197,12 +204,14 @@ class DeepLabV2(nn.Module):
                source_stages: Sequence[int] = ()) -> tuple[jnp.ndarray, jnp.ndarray]:
     """images: NHWC float32 (BGR, Caffe mean subtracted).
 
-    domain: 'source' | 'target' (static); train: batch statistics + running updates of that
-    domain (pass `mutable=['batch_stats']`); source_stages: stages (0 stem, 1..4 layer1..4)
-    that use the source norm whatever `domain` is (the evaluation-time layer switch).
+    domain: 'source' | 'target' (static), or 'mixed' in training (ClassMix images: batch
+    statistics, mean affine, no running update; seat_norm.MIXED); train: batch statistics +
+    running updates of that domain (pass `mutable=['batch_stats']`); source_stages: stages
+    (0 stem, 1..4 layer1..4) that use the source norm whatever `domain` is (the evaluation-time
+    layer switch).
     """
     self._check_attributes()
-    check_domain(domain)
+    check_domain(domain, allow_mixed=True)
     source_stages = _check_source_stages(source_stages)
     dtype = compute_dtype(self.dtype)
     norm = functools.partial(
@@ -229,6 +238,10 @@ class DeepLabV2(nn.Module):
     head = functools.partial(
         DilatedSumHead, num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),
         num_used=self.aspp_branches, dtype=dtype)
+    # The layer4 features, kept only when the caller makes `intermediates` mutable (the
+    # feature-space losses of methods/differential.py, methods/clustering.py and DAFormer's
+    # feature distance); `init` leaves that collection out.
+    self.sow("intermediates", "layer4_output", stage_outputs[3])
     aux_logits = head(name="aux_head")(stage_outputs[2])
     main_logits = head(name="main_head")(stage_outputs[3])
     return aux_logits, main_logits

@@ -19,12 +19,17 @@ from jax import lax
 
 DOMAINS = ("source", "target")
 NORM_MODES = ("shared", "sat", "seat")
+# Not a domain of the data: images mixed from both domains (DACS's ClassMix) normalised with
+# their own batch statistics, the mean of the two domains' affines, and no running update, so
+# neither domain's evaluation statistics absorb mixed pixels. Training only.
+MIXED = "mixed"
 
 
-def check_domain(domain: Any) -> None:
+def check_domain(domain: Any, allow_mixed: bool = False) -> None:
   """Fails early with a readable message; a typo would otherwise silently pick a wrong slot."""
-  if domain not in DOMAINS:
-    raise ValueError(f"domain must be one of {DOMAINS} (a static Python string); got {domain!r}.")
+  allowed = DOMAINS + ((MIXED,) if allow_mixed else ())
+  if domain not in allowed:
+    raise ValueError(f"domain must be one of {allowed} (a static Python string); got {domain!r}.")
 
 
 def check_norm_mode(mode: Any) -> None:
@@ -63,13 +68,23 @@ class SeatNorm(nn.Module):
   def __call__(self, x: jnp.ndarray, domain: str = "target", train: bool = False) -> jnp.ndarray:
     """Normalises `x` (..., C) with `domain`'s statistics; returns the dtype of `x`."""
     check_norm_mode(self.mode)
-    check_domain(domain)
+    check_domain(domain, allow_mixed=True)
+    if domain == MIXED and not (train and self.use_batch_stats_in_train):
+      raise ValueError("domain 'mixed' normalises with batch statistics: training only, with "
+                       "model.bn_train_stats=True.")
     features = x.shape[-1]
-    scale, bias = self._affine(features, domain)
-    running_mean, running_var = self._running_stats(features, domain)
+    affines, stats = self._affines(features), self._running_stats(features)
+    if domain == MIXED:  # (no running stats: they are declared above and left as they are)
+      scale = (affines["source"][0] + affines["target"][0]) / 2
+      bias = (affines["source"][1] + affines["target"][1]) / 2
+    else:
+      scale, bias = affines[domain]
+      running_mean, running_var = stats[domain]
 
     x32 = x.astype(jnp.float32)
-    if train and self.use_batch_stats_in_train:
+    if domain == MIXED:
+      mean, var = _batch_moments(x32)
+    elif train and self.use_batch_stats_in_train:
       mean, var = _batch_moments(x32)
       count = x.size // features
       # Kept only when the caller makes `intermediates` mutable (AdaBN's statistics pass).
@@ -87,30 +102,28 @@ class SeatNorm(nn.Module):
     y = (x32 - mean) * multiplier + bias
     return y.astype(x.dtype)
 
-  def _affine(self, features: int, domain: str) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Declares every affine of the mode (so init creates all) and returns `domain`'s."""
+  def _affines(self, features: int) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
+    """Declares every affine of the mode (so init creates all); {domain: (scale, bias)}."""
     def declare(prefix: str) -> tuple[jnp.ndarray, jnp.ndarray]:
       scale = self.param(prefix + "scale", nn.initializers.ones, (features,), jnp.float32)
       bias = self.param(prefix + "bias", nn.initializers.zeros, (features,), jnp.float32)
+      if not self.affine_trainable:
+        scale, bias = lax.stop_gradient(scale), lax.stop_gradient(bias)
       return scale, bias
 
     if self.mode == "seat":
-      per_domain = {d: declare(d + "_") for d in DOMAINS}
-      scale, bias = per_domain[domain]
-    else:
-      scale, bias = declare("")
-    if not self.affine_trainable:
-      scale, bias = lax.stop_gradient(scale), lax.stop_gradient(bias)
-    return scale, bias
+      return {d: declare(d + "_") for d in DOMAINS}
+    shared = declare("")
+    return {d: shared for d in DOMAINS}
 
-  def _running_stats(self, features: int, domain: str):
-    """Declares every stats slot of the mode and returns `domain`'s (mean, var) variables."""
+  def _running_stats(self, features: int) -> dict[str, tuple[Any, Any]]:
+    """Declares every stats slot of the mode; {domain: (mean, var) variables}."""
     def declare(prefix: str):
       mean = self.variable("batch_stats", prefix + "mean", jnp.zeros, (features,), jnp.float32)
       var = self.variable("batch_stats", prefix + "var", jnp.ones, (features,), jnp.float32)
       return mean, var
 
     if self.mode == "shared":
-      return declare("")
-    per_domain = {d: declare(d + "_") for d in DOMAINS}
-    return per_domain[domain]
+      shared = declare("")
+      return {d: shared for d in DOMAINS}
+    return {d: declare(d + "_") for d in DOMAINS}
