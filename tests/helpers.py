@@ -1,5 +1,6 @@
 """What several test files share: the tiny run, an in-memory data source, random variables."""
 
+import json
 import math
 
 import jax
@@ -82,3 +83,20 @@ def fake_step_batch(seed: int = 0, h: int = 32, w: int = 48, num_classes: int = 
   return {"source_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 50, jnp.float32),
           "source_label": jnp.asarray(labels),
           "target_image": jnp.asarray(rng.normal(size=(2, h, w, 3)) * 30 + 20, jnp.float32)}
+
+
+def data_sharding():
+  """The train step's batch sharding over every local device (train_step.make_mesh)."""
+  from seat_jax import input_pipeline, train_step  # pylint: disable=g-import-not-at-top
+  return input_pipeline.data_sharding(train_step.make_mesh())
+
+
+def batches_after_checkpoint(config, sharding, skip: int, take: int):
+  """(iterator state after `skip` batches, JSON round-tripped as a checkpoint stores it, and the
+  `take` batches that follow it) of a fresh `TrainingBatches`."""
+  from seat_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  batches = input_pipeline.TrainingBatches(config, sharding)
+  for _ in range(skip):
+    next(batches)
+  state = json.loads(json.dumps(batches.get_state()))
+  return state, [next(batches) for _ in range(take)]

@@ -5,7 +5,6 @@ fixed-point weights round the other way (measured: ~0.02 % of pixels at the pape
 mean |diff| < 0.05 and max |diff| <= 1 (+ float error after FDA); labels are identical.
 """
 
-import json
 import os
 
 import jax
@@ -163,16 +162,10 @@ def test_rescaled_images_and_odd_sizes_are_handled_on_both_paths():
 
 
 def test_training_batches_match_host_and_resume_exactly(synthetic_data_dir):
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  sharding = ip.data_sharding(mesh)
+  sharding = helpers.data_sharding()
   config = _config(data_dir=synthetic_data_dir, flip=True)
   config.data.target.builder_config = "source"  # only source-domain images are needed here
-  data = ip.TrainingBatches(config, sharding)
-  for _ in range(2):
-    next(data)
-  state = json.loads(json.dumps(data.get_state()))  # as a checkpoint stores it
-  expected = [next(data) for _ in range(2)]
+  state, expected = helpers.batches_after_checkpoint(config, sharding, skip=2, take=2)
   assert set(expected[0]) == {ip.SOURCE_IMAGE, ip.SOURCE_LABEL, ip.TARGET_IMAGE}
   for value in expected[0].values():
     assert value.sharding.spec == jax.sharding.PartitionSpec("data")

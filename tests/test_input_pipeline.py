@@ -334,9 +334,7 @@ def test_image_label_size_mismatch_names_the_example():
 
 
 def test_to_global_batch_shards_over_the_data_axis():
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  sharding = ip.data_sharding(mesh)
+  sharding = helpers.data_sharding()
   batch = {"image": np.ones((2, 4, 6, 3), np.float32), "label": np.zeros((2, 4, 6), np.int32),
            "id": np.array(["a", "b"])}
   out = ip.to_global_batch(batch, sharding)

@@ -231,17 +231,11 @@ def test_training_batches_of_stage_2_resume_exactly_on_both_paths(tmp_path, monk
   config = _stage2_config(tmp_path, easy, hard, "device")
   data = _constant_examples(6, hw=(16, 32))
   monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: data)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  sharding = ip.data_sharding(mesh)
+  sharding = helpers.data_sharding()
   # _split_example_ids re-opens a prepared split without decoding; here the injected one.
   monkeypatch.setattr(ip, "_split_example_ids", lambda split, d, source, opened: [
       ip._as_str(source[i]["id"]) for i in range(len(source))])  # pylint: disable=protected-access
-  batches = ip.TrainingBatches(config, sharding)
-  for _ in range(2):
-    next(batches)
-  state = json.loads(json.dumps(batches.get_state()))  # as a checkpoint stores it
-  expected = [next(batches) for _ in range(4)]
+  state, expected = helpers.batches_after_checkpoint(config, sharding, skip=2, take=4)
   assert set(expected[0]) == {ip.SOURCE_IMAGE, ip.SOURCE_LABEL, ip.TARGET_IMAGE}
   for preprocess_on in ("device", "host"):
     config.data.preprocess_on = preprocess_on
