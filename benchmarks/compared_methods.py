@@ -43,22 +43,13 @@ RUNS = {
 }
 
 
-def _set(config, dotted: str, value) -> None:
-  *parents, key = dotted.split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  node[key] = value
-
-
 def run(name: str, workdir: pathlib.Path, data_dir: str) -> dict:
   from seat_jax import demo, presets, train  # pylint: disable=g-import-not-at-top,multiple-imports
   row, overrides, start_from = RUNS[name]
   config = presets.demo_row(row)
   config.data.data_dir = data_dir
   config.train.eval_every = 0
-  for dotted, value in overrides.items():
-    _set(config, dotted, value)
+  config.update_from_flattened_dict(overrides)
   if start_from:
     config.init_from = str(workdir / start_from)
   begin = time.time()

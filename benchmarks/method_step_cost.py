@@ -50,9 +50,7 @@ def _config(model: str, hw, batch: int, overrides: dict):
     config.model.stage_sizes = (3, 4, 23, 3)
     config.model.base_width = 64
   config.mix.mic_block = max(8, min(hw) // 8)
-  for dotted, value in overrides.items():
-    section, key = dotted.split(".")
-    config[section][key] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -206,9 +206,7 @@ def _head_classifier(model, head_params):
   On a 1x1 input only the centre tap of each dilated branch and the biases contribute, as in
   the reference's `layer6(f.view(1, C, 1, 1))`.
   """
-  head = models.DilatedSumHead(
-      num_classes=model.num_classes, dilations=tuple(model.aspp_dilations),
-      num_used=model.aspp_branches, dtype=models.compute_dtype(model.dtype))
+  head = models.head_factory(model)()
 
   def classify(vectors: jax.Array) -> jax.Array:
     logits = head.apply({"params": jax.lax.stop_gradient(head_params)}, vectors[:, None, None, :])

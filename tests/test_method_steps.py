@@ -26,9 +26,7 @@ def _config(**overrides):
   config.adv.mode = "none"
   config.optim.weight_decay = 0.0
   config.train.batch_size = 2
-  for dotted, value in overrides.items():
-    section, key = dotted.split("__")
-    config[section][key] = value
+  config.update_from_flattened_dict({k.replace("__", "."): v for k, v in overrides.items()})
   return config
 
 

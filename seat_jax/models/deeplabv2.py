@@ -235,9 +235,7 @@ class DeepLabV2(nn.Module):
           name=f"layer{k + 1}")(x, stage_domain(k + 1), train)
       stage_outputs.append(x)
 
-    head = functools.partial(
-        DilatedSumHead, num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),
-        num_used=self.aspp_branches, dtype=dtype)
+    head = head_factory(self)
     # The layer4 features, kept only when the caller makes `intermediates` mutable (the
     # feature-space losses of methods/differential.py, methods/clustering.py and DAFormer's
     # feature distance); `init` leaves that collection out.
@@ -260,6 +258,17 @@ class DeepLabV2(nn.Module):
           f"model.aspp_branches must be between 1 and len(model.aspp_dilations)="
           f"{len(tuple(self.aspp_dilations))}; got {self.aspp_branches}. Use 4 (all branches) "
           "or 2 (AdaptSegNet's checkpoints).")
+
+
+def head_factory(model: "DeepLabV2") -> Callable[..., DilatedSumHead]:
+  """`DilatedSumHead` with `model`'s classes, dilations, branches and dtype (give it a `name`).
+
+  The model builds its two heads with it; the Differential-treatment step applies the main
+  head's params to pooled feature vectors through it.
+  """
+  return functools.partial(
+      DilatedSumHead, num_classes=model.num_classes, dilations=tuple(model.aspp_dilations),
+      num_used=model.aspp_branches, dtype=compute_dtype(model.dtype))
 
 
 def compute_dtype(name: Any) -> jnp.dtype:

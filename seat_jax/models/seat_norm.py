@@ -82,19 +82,19 @@ class SeatNorm(nn.Module):
       running_mean, running_var = stats[domain]
 
     x32 = x.astype(jnp.float32)
-    if domain == MIXED:
+    if train and self.use_batch_stats_in_train:  # always the case for MIXED (checked above)
       mean, var = _batch_moments(x32)
-    elif train and self.use_batch_stats_in_train:
-      mean, var = _batch_moments(x32)
-      count = x.size // features
-      # Kept only when the caller makes `intermediates` mutable (AdaBN's statistics pass).
-      self.sow("intermediates", "batch_moments", (count, mean, var))
-      if not self.is_initializing():  # init leaves the stats at 0 / 1, as the contract says
-        unbiased_var = var * (count / max(count - 1, 1))
-        keep = 1.0 - self.momentum
-        running_mean.value = keep * running_mean.value + self.momentum * lax.stop_gradient(mean)
-        running_var.value = (
-            keep * running_var.value + self.momentum * lax.stop_gradient(unbiased_var))
+      if domain != MIXED:
+        count = x.size // features
+        # Kept only when the caller makes `intermediates` mutable (AdaBN's statistics pass).
+        self.sow("intermediates", "batch_moments", (count, mean, var))
+        if not self.is_initializing():  # init leaves the stats at 0 / 1, as the contract says
+          unbiased_var = var * (count / max(count - 1, 1))
+          keep = 1.0 - self.momentum
+          running_mean.value = (
+              keep * running_mean.value + self.momentum * lax.stop_gradient(mean))
+          running_var.value = (
+              keep * running_var.value + self.momentum * lax.stop_gradient(unbiased_var))
     else:
       mean, var = running_mean.value, running_var.value
 
