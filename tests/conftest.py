@@ -14,10 +14,14 @@ jax.config.update("jax_disable_most_optimizations", True)
 
 # Identical programs compiled by several tests (every training run of the same tiny config
 # compiles the same step) are compiled once and read back from this on-disk cache afterwards.
+# One cache per XLA_FLAGS setting, so a run for another processor (--xla_cpu_max_isa) never
+# reads code compiled for this one.
+import hashlib  # noqa: E402
 import tempfile  # noqa: E402
 
+_FLAGS_TAG = hashlib.sha256(os.environ.get("XLA_FLAGS", "").encode()).hexdigest()[:8]
 jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "seat_jax_test_xla_cache"))
+                  os.path.join(tempfile.gettempdir(), f"seat_jax_test_xla_cache_{_FLAGS_TAG}"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
