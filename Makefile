@@ -1,25 +1,33 @@
-# The two commands of the README. Both create .venv on first use.
+# The two commands of the README. Both create .venv on first use; `make demo` installs the
+# package alone, `make test` adds the test extra (PyTorch as a reference, pytest).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install test demo clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-install: $(STAMP)
+$(BASE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(BASE_STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BASE_STAMP)
 
 # The whole test suite, two workers (one per core of the reference 2-core machine).
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 tests
 
-# The main job on the built-in synthetic domain shift (see README "The demo").
-demo: $(STAMP)
+# The main job on the built-in synthetic data (docs: "The demo").
+demo: $(BASE_STAMP)
 	$(PY) -m seat_jax.demo --workdir=demo_workdir
 
 clean:

@@ -12,6 +12,7 @@ from seat_jax import presets
 
 
 def get_config(row: str = "mul"):
+  presets.check_row(row or "mul", presets.GTA_STAGE2_ROWS, "configs/gta_stage2.py")
   if row in presets.INTRADA_ROWS:  # IntraDA's easy -> hard stage (presets.intrada_stage2)
     return presets.intrada_stage2(presets.gta(row))
   return presets.stage2(presets.gta(row))

@@ -10,4 +10,5 @@ from seat_jax import presets
 
 
 def get_config(row: str = "mul"):
+  presets.check_row(row or "mul", presets.SYNTHIA_STAGE2_ROWS, "configs/synthia_stage2.py")
   return presets.stage2(presets.synthia(row))

@@ -7,16 +7,19 @@ converted weights and training checkpoints through the same code. Wherever the u
 checkpoint, a run's workdir, its `checkpoints/` folder or one step folder in it are all accepted.
 """
 
+import contextlib
 import functools
 from typing import Any
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from seat_jax import errors
 from seat_jax import models
+from seat_jax import warm_start
 
 # Item names, written once. `model` = {params, batch_stats} of the segmenter: the only item
 # evaluation, pseudo-labels and `init_from` read. The training state adds its own array items.
@@ -31,6 +34,10 @@ class CheckpointNotFoundError(errors.MissingInputError):
 
 class IncompatibleCheckpointError(errors.InvalidInputError):
   """The checkpoint holds another model's variables than the config describes."""
+
+
+class DamagedCheckpointError(errors.InvalidInputError):
+  """A step's files exist but cannot be read."""
 
 
 def resolve(path) -> tuple[epath.Path, int | None]:
@@ -104,19 +111,70 @@ def save_variables(directory, variables: Any, metadata: dict, step: int = 0) -> 
     mngr.wait_until_finished()
 
 
-def restore_model(directory, target: Any, step: int | None = None) -> Any:
-  """Restores only the `model` item of `step` (default: the latest) into the abstract tree.
+def restore_model(directory, target: Any, step: int | None = None, *, fresh: Any = None,
+                  init_domain: str = "") -> Any:
+  """The `model` item of `step` (default: the latest) fitted into the tree of `target`.
 
-  `target` is a tree of `jax.ShapeDtypeStruct` (see `abstract_variables`); a
-  checkpoint of another model fails with the names of the mismatching entries.
+  `target` is a tree of `jax.ShapeDtypeStruct` (see `abstract_variables`); the stored model may
+  have plain or per-domain norms and heads for another class count (`warm_start.fit_variables`
+  says how they are fitted; `fresh` and `init_domain` are passed to it). A checkpoint of
+  another model fails with the names of the mismatching entries.
   """
+  return restore_fitted(directory, target, step, fresh=fresh, init_domain=init_domain)[0]
+
+
+def restore_fitted(directory, target: Any, step: int | None = None, *, fresh: Any = None,
+                   init_domain: str = "") -> tuple[Any, warm_start.FitReport]:
+  """`restore_model` and the report of what was loaded, copied or freshly initialised."""
   directory = epath.Path(directory).absolute()
   step = _existing_step(directory, step)
-  with _manager_for_reading(directory, step) as mngr:
-    _check_compatible(mngr, step, target, directory)
+  stored = restore_stored_model(directory, step)
+  variables, report = warm_start.fit_variables(
+      stored, target, fresh=fresh, init_domain=init_domain, source=f"{directory} (step {step})")
+  placed = jax.tree.map(lambda v, t: jax.device_put(v.astype(t.dtype), t.sharding), variables,
+                        target)
+  return placed, report
+
+
+def restore_stored_model(directory, step: int) -> Any:
+  """The `model` item of `step` exactly as stored (host arrays), whatever model wrote it."""
+  with _reading(directory, step), _manager_for_reading(directory, step) as mngr:
+    meta = mngr.item_metadata(step)[MODEL]
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree)
     restored = mngr.restore(step, args=ocp.args.Composite(**{
-        MODEL: ocp.args.StandardRestore(target)}))
-  return restored[MODEL]
+        MODEL: ocp.args.StandardRestore(abstract)}))
+  return jax.tree.map(np.asarray, restored[MODEL])
+
+
+# What tensorstore / orbax say when a step's files are truncated, missing or corrupt. Orbax
+# wraps them in a bare Exception, so they are told from bugs by their text.
+_DAMAGE_SIGNS = ("Error reading", "OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "No such file",
+                 "checksum", "Unexpected end", "corrupt", "Failed to decode", "Error opening")
+
+
+@contextlib.contextmanager
+def _reading(directory, step: int):
+  """Turns tensorstore's errors on damaged files of `step` into DamagedCheckpointError."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises bare Exceptions)
+    chain, cause = [], e
+    while cause is not None:
+      chain.append(f"{type(cause).__name__}: {cause}")
+      cause = cause.__cause__ or cause.__context__
+    detail = next((c for c in chain if any(sign in c for sign in _DAMAGE_SIGNS)), None)
+    if detail is None:
+      raise
+    steps = [s for s in list_steps(directory) if s != step]
+    other = (f" Other saved steps: {steps}; --config.eval.step=<step> evaluates one, and "
+             "training resumes from the newest readable one once this folder is removed."
+             if steps else "")
+    raise DamagedCheckpointError(
+        f"Step {step} of {directory} cannot be read: its files are damaged or incomplete (a copy "
+        f"that stopped early, a full disk).\n{detail.splitlines()[0][:400]}\nCopy "
+        f"{epath.Path(directory) / str(step)} again, or use another step.{other}") from None
 
 
 def train_manager(directory, keep: int = 0) -> ocp.CheckpointManager:
@@ -142,7 +200,7 @@ def restore_train(directory, abstract_arrays: dict[str, Any], step: int | None =
   directory = epath.Path(directory).absolute()
   step = _existing_step(directory, step)
   stored = _non_empty(abstract_arrays)
-  with _manager_for_reading(directory, step) as mngr:
+  with _reading(directory, step), _manager_for_reading(directory, step) as mngr:
     _check_compatible(mngr, step, abstract_arrays[MODEL], directory)
     restored = mngr.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.StandardRestore(tree) for name, tree in stored.items()},

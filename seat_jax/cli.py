@@ -57,6 +57,12 @@ def _parse(argv: list[str], configs: Sequence[flags.FlagHolder]) -> list[str]:
   try:
     positional = flags.FLAGS(argv)
   except flags.Error as e:  # unknown flag, missing required flag, unparsable value
+    # A config file that raises while loading (an unknown preset row) surfaces here wrapped
+    # with its traceback: show the file's own message instead.
+    for holder in configs:
+      spec = _flag_value(argv, holder.name)
+      if spec is not None and "Error whilst parsing config file" in str(e):
+        raise errors.UsageError(_explain_config_file_error(argv, holder.name)) from None
     raise errors.UsageError(f"{e}\nSee: {os.path.basename(argv[0])} --help") from None
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     # ml_collections raises these while applying `--config.<key>=<value>` overrides.
@@ -68,8 +74,12 @@ def _parse(argv: list[str], configs: Sequence[flags.FlagHolder]) -> list[str]:
   return positional
 
 
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+  return next((a.split("=", 1)[1] for a in argv if re.match(rf"^--?{name}=", a)), None)
+
+
 def _explain_config_file_error(argv: Sequence[str], name: str) -> str:
-  spec = next(a for a in argv if re.match(rf"^--?{name}=", a)).split("=", 1)[1]
+  spec = _flag_value(argv, name)
   path = spec.partition(":")[0]
   if not os.path.isfile(path):
     presets = sorted(p for p in os.listdir("configs") if p.endswith(".py")) if os.path.isdir(
@@ -78,6 +88,8 @@ def _explain_config_file_error(argv: Sequence[str], name: str) -> str:
             + (f"\nPresets in configs/: {', '.join(presets)}" if presets else ""))
   try:
     load_config_file(spec)
+  except errors.UserError as e:  # e.g. an unknown preset row: its message is the whole story
+    return str(e)
   except Exception as e:  # pylint: disable=broad-except  (the user's config file)
     return f"--{name}={spec} cannot be loaded: {type(e).__name__}: {e}"
   return f"--{name}={spec} cannot be loaded."

@@ -156,6 +156,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Converted PyTorch weights (python -m seat_jax.convert) or a checkpoint dir; real-data runs
   # refuse to start without one unless it is "scratch" (random weights on purpose).
   c.init_from = ""
+  # When init_from has per-domain norms (a SAT/SEAT run) and this model shares them: the domain
+  # whose statistics and affine to start from (source | target); "" = refuse unless they agree.
+  c.init_domain = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.source_stages = ()  # layer switch: stages (0 stem, 1-4 layers) that use the source norm

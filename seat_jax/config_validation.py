@@ -30,6 +30,7 @@ CHOICES = {
     "pseudo.checkpoint": pseudo_labels.CHECKPOINT_SELECTIONS,
     "optim.name": optim.SEGMENTER_OPTIMIZERS,
     "mix.norm": tuple(train_step.MIX_NORMS),
+    "init_domain": ("",) + models.DOMAINS,
 }
 PLACEHOLDER = "REQUIRED"
 # `init_from` value that starts a real-data run from random weights on purpose.
@@ -45,6 +46,24 @@ def _get(config, dotted: str):
   for part in dotted.split("."):
     value = value[part]
   return value
+
+
+# Keys that only training reads (stage 2's pseudo-labels, IntraDA's split lists, the init). A
+# stage-2 or IntraDA preset leaves them REQUIRED; the other modes do not need them.
+TRAINING_INPUTS = ("init_from", "data.source.pseudo_label_dir", "data.source.ids_file",
+                   "data.target.pseudo_label_dir", "data.target.ids_file")
+
+
+def clear_training_placeholders(config: ml_collections.ConfigDict) -> None:
+  """Outside train mode, empties the REQUIRED placeholders of `TRAINING_INPUTS`, in place, so a
+  stage-2 preset evaluates or pseudo-labels with its own config."""
+  if config.mode == "train":
+    return
+  for key in TRAINING_INPUTS:
+    parent, _, name = key.rpartition(".")
+    node = _get(config, parent) if parent else config
+    if str(node.get(name, "")).startswith(PLACEHOLDER):
+      node[name] = ""
 
 
 def _placeholders(config, prefix=""):
@@ -82,11 +101,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.mode == "train" and not (config.init_from or config.resume) and _real_data(config):
     problems.append(
         "config.init_from is empty, so the segmenter would start from random weights, which does "
-        "not reproduce the paper (AdaptSegNet issues #35, #81). Convert the DeepLab init once:\n"
-        "      python -m seat_jax.convert --config=<the same preset> "
-        "--torch=DeepLab_resnet_pretrained_init-f81d91e8.pth --out=/ckpt/init_coco\n"
-        "    then add --config.init_from=/ckpt/init_coco (README, 'Pretrained weights'); or "
-        f"--config.init_from={SCRATCH} to train from random weights on purpose")
+        "not reproduce the paper (AdaptSegNet issues #35, #81). Convert the DeepLab init once "
+        "(it then starts every preset):\n"
+        "      python -m seat_jax.convert --torch=DeepLab_resnet_pretrained_init-f81d91e8.pth "
+        "--out=$HOME/weights/deeplab_init\n"
+        "    then add --config.init_from=$HOME/weights/deeplab_init (docs: 'Pretrained "
+        f"weights'); or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += intrada.config_problems(config)
   if config.train.batch_size < 1:
     problems.append("config.train.batch_size must be >= 1")

@@ -1,16 +1,15 @@
 """Imports PyTorch DeepLab-V2 / torchvision ResNet weights into seat_jax Flax variables.
 
-    python -m seat_jax.convert --config=configs/gta.py [--config.model.aspp_branches=2 ...] \
-        --torch=FILE.pth --out=DIR [--format=auto|deeplab|torchvision] [--seed=0]
+    python -m seat_jax.convert --torch=FILE.pth --out=DIR [--format=auto|deeplab|torchvision]
 
-builds the model of the config's `model` section (the base config's when --config is not given:
-ResNet-101, 19 classes, 4 ASPP branches, SEAT norms) and writes an orbax checkpoint (items
-`model` and `meta`, see `checkpointing.save_variables`) that `config.init_from` reads. The
-result has exactly the tree of `build_segmenter(cfg).init`:
-every PyTorch BatchNorm is copied into every domain slot of its SEAT norm, and heads that the
-file does not provide for this model (torchvision files, the DeepLab COCO/ImageNet init whose
-`layer5` is a classifier on layer4, a different class count) keep their values from `init`
-with a fixed seed, as the AdaptSegNet/ADVENT loaders do (REFERENCE 1.2).
+reads the architecture from the file (blocks per stage, width, heads) and writes it once, as the
+file holds it, with plain BatchNorms, as an orbax checkpoint (items `model` and `meta`, see
+`checkpointing.save_variables`). Any preset then starts from it with `--config.init_from=DIR`:
+`warm_start` copies every BatchNorm into each domain slot of the preset's norms and initialises
+the heads the file does not provide for that preset (torchvision files, the DeepLab COCO/ImageNet
+init whose `layer5` is a classifier on layer4, another class count) freshly, as the
+AdaptSegNet/ADVENT loaders skip them. Heads the file has for its own layer3/layer4 (a released
+trained model) are kept, so such a model can be evaluated directly.
 
 PyTorch is needed only here (`pip install -e '.[torch]'`); files are read with
 `torch.load(weights_only=True)`, so a checkpoint cannot run code.
@@ -28,7 +27,6 @@ import ml_collections
 import numpy as np
 from absl import flags
 from flax import traverse_util
-from ml_collections import config_flags
 
 from seat_jax import cli
 from seat_jax import errors
@@ -63,6 +61,7 @@ class Conversion:
   heads_from_checkpoint: bool
   heads_note: str
   num_params: int
+  model_config: Any = None  # the model the variables are for
 
   def metadata(self, source: str, model_config: Any, seed: int) -> dict:
     return dict(
@@ -232,17 +231,51 @@ def init_head_params(model_config: Any, seed: int = 0) -> dict:
   return jax.jit(heads).lower(rng).compile(compiler_options=_FAST_COMPILE)(rng)
 
 
-def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any, fmt: str = "auto",
-                       seed: int = 0, source: str = "checkpoint") -> Conversion:
-  """Fills the model's init variables with the tensors of a (prefix-stripped) state_dict."""
+def infer_model_config(state: Mapping[str, np.ndarray], fmt: str) -> ml_collections.ConfigDict:
+  """The model config of the file's own architecture, with plain BatchNorms.
+
+  Blocks per stage from the `layerN.i.*` keys, the width from the stem conv, the class count
+  from the heads (19 when the file has none it can use).
+  """
+  from seat_jax import config_defaults  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+  cfg = config_defaults.get_model_config()
+  stages = []
+  for layer in range(1, 5):
+    blocks = {int(k.split(".")[1]) for k in state
+              if k.startswith(f"layer{layer}.") and k.split(".")[1].isdigit()}
+    if not blocks:
+      raise CheckpointError(f"The file has no layer{layer}.* keys. Understood: "
+                            f"{UNDERSTOOD_FORMATS}.")
+    stages.append(max(blocks) + 1)
+  cfg.stage_sizes = tuple(stages)
+  cfg.base_width = int(state["conv1.weight"].shape[0])
+  cfg.norm_mode = "shared"
+  head = state.get("layer6.conv2d_list.0.weight", state.get("layer5.conv2d_list.0.weight"))
+  if fmt == "deeplab" and head is not None and head.ndim == 4:
+    cfg.num_classes = int(head.shape[0])
+  return cfg
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any = None,
+                       fmt: str = "auto", seed: int = 0, source: str = "checkpoint") -> Conversion:
+  """The variables of a (prefix-stripped) state_dict.
+
+  Without `model_config`: the file's own architecture (`infer_model_config`), heads only where
+  the file has them for that model. With one: exactly `build_segmenter(model_config).init`'s
+  tree, heads the file cannot give taken from `init` with `seed`.
+  """
   if fmt not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
   if fmt == "auto":
     fmt = detect_format(state.keys(), source)
+  keep_random_heads = model_config is not None
+  if model_config is None:
+    model_config = infer_model_config(state, fmt)
   load_heads, heads_note = _head_decision(state, model_config, fmt)
   abstract = abstract_variables(model_config)
-  random_heads = {} if load_heads else traverse_util.flatten_dict(
-      {"params": init_head_params(model_config, seed)})
+  random_heads = traverse_util.flatten_dict(
+      {"params": init_head_params(model_config, seed)}) if keep_random_heads and not load_heads \
+      else {}
 
   ignored = sorted(k for k in state if k.endswith(IGNORED_SUFFIXES))
   skipped = sorted(k for k in state if (fmt == "torchvision" and k.startswith("fc.")) or
@@ -255,7 +288,8 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any, fmt: 
     for path, expected in flat.items():
       name = torch_key(path)
       if _is_head(name) and not load_heads:
-        new_flat[path] = random_heads[(collection, *path)]
+        if keep_random_heads:
+          new_flat[path] = random_heads[(collection, *path)]
         continue
       if name not in state:
         missing.append(name)
@@ -276,15 +310,15 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any, fmt: 
   return Conversion(
       variables=out, format=fmt, converted_keys=sorted(used), skipped_keys=skipped,
       ignored_keys=ignored, heads_from_checkpoint=load_heads, heads_note=heads_note,
-      num_params=num_params)
+      num_params=num_params, model_config=model_config)
 
 
 def _head_decision(state: Mapping[str, np.ndarray], model_config: Any, fmt: str) -> tuple[bool, str]:
   """Whether the file's layer5/layer6 are this model's aux/main heads (else they stay random)."""
   if fmt == "torchvision":
-    return False, "torchvision ImageNet backbone: fc.* skipped, both heads from init"
+    return False, "torchvision ImageNet backbone: fc.* skipped, no heads"
   if not any(_is_head(k) for k in state):
-    return False, "the file has no layer5/layer6: both heads from init"
+    return False, "the file has no layer5/layer6: no heads"
   aux_in = model_config.base_width * 16
   weight = state.get("layer5.conv2d_list.0.weight")
   if weight is not None and weight.ndim == 4:
@@ -292,10 +326,10 @@ def _head_decision(state: Mapping[str, np.ndarray], model_config: Any, fmt: str)
     if in_channels != aux_in:
       return False, (f"layer5 classifies {in_channels}-channel features (the DeepLab "
                      f"COCO/ImageNet init's classifier on layer4), not the {aux_in}-channel "
-                     "layer3 output: layer5/layer6 skipped, both heads from init")
+                     "layer3 output: layer5/layer6 skipped, no heads")
     if classes != model_config.num_classes:
       return False, (f"the file's heads predict {classes} classes, the model "
-                     f"{model_config.num_classes}: layer5/layer6 skipped, both heads from init")
+                     f"{model_config.num_classes}: layer5/layer6 skipped, no heads")
   return True, "both heads (layer5 -> aux_head, layer6 -> main_head) from the file"
 
 
@@ -343,49 +377,46 @@ def _config_dict(model_config: Any) -> dict:
 # -------------------------------------------------------------------------------------- CLI
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The preset whose `model` section the weights are converted for, e.g. "
-    "configs/gta.py (with --config.model.* overrides); default: the base config's model.")
 _TORCH = flags.DEFINE_string("torch", None, "The PyTorch .pth file.")
 _OUT = flags.DEFINE_string("out", None, "The orbax checkpoint directory to write.")
 _FORMAT = flags.DEFINE_enum("format", "auto", FORMATS, "The file's layout.")
-_SEED = flags.DEFINE_integer("seed", 0, "Init seed of the heads the file does not provide.")
 
 
 def run(argv: Sequence[str]) -> int:
-  from seat_jax import checkpointing, config_defaults  # pylint: disable=g-import-not-at-top,multiple-imports
+  from seat_jax import checkpointing  # pylint: disable=g-import-not-at-top  (keeps --help fast)
 
   if len(argv) > 1:
     raise errors.UsageError(f"unexpected arguments {list(argv[1:])}; see --help.")
   for flag in (_TORCH, _OUT):
     if not flag.value:
       raise errors.UsageError(f"--{flag.name} is required.")
-  cfg = (_CONFIG.value or config_defaults.get_config()).model
-  result = convert_checkpoint(_TORCH.value, cfg, _FORMAT.value, _SEED.value)
+  result = convert_checkpoint(_TORCH.value, None, _FORMAT.value)
+  cfg = result.model_config
   checkpointing.save_variables(_OUT.value, result.variables,
-                               result.metadata(_TORCH.value, cfg, _SEED.value))
+                               result.metadata(_TORCH.value, cfg, 0))
   num_bn = sum(1 for k in result.converted_keys if k.endswith(".running_mean"))
   print(f"Converted {_TORCH.value} (format {result.format}) -> {os.path.abspath(_OUT.value)}\n"
-        f"  model:             {_model_line(cfg)}\n"
-        f"  tensors converted: {len(result.converted_keys)} ({num_bn} BatchNorms copied into "
-        f"every '{cfg.norm_mode}' domain slot)\n"
+        f"  model:             {_model_line(cfg, result.heads_from_checkpoint)}\n"
+        f"  tensors converted: {len(result.converted_keys)} ({num_bn} BatchNorms)\n"
         f"  tensors skipped:   {len(result.skipped_keys)}"
         f"{' (' + _short(result.skipped_keys) + ')' if result.skipped_keys else ''}\n"
         f"  ignored:           {len(result.ignored_keys)} num_batches_tracked\n"
         f"  heads:             {result.heads_note}\n"
-        f"  model parameters:  {result.num_params:,}")
+        f"  model parameters:  {result.num_params:,}\n"
+        f"Every preset starts from it: --config.init_from={os.path.abspath(_OUT.value)} (its "
+        "BatchNorms fill each domain slot; heads it lacks for the preset start fresh).")
   return 0
 
 
-def _model_line(cfg) -> str:
-  return (f"{cfg.num_classes} classes, stage_sizes {tuple(cfg.stage_sizes)}, base_width "
-          f"{cfg.base_width}, {cfg.aspp_branches} ASPP branches, norm_mode {cfg.norm_mode}")
+def _model_line(cfg, with_heads: bool) -> str:
+  return (f"stage_sizes {tuple(cfg.stage_sizes)}, base_width {cfg.base_width}, "
+          + (f"heads for {cfg.num_classes} classes" if with_heads else "backbone only"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The command; `argv` without the program name (default sys.argv[1:]). Returns the exit code."""
   argv = sys.argv[1:] if argv is None else argv
-  return cli.run(run, ["convert", *argv], configs=[_CONFIG])
+  return cli.run(run, ["convert", *argv])
 
 
 def _short(keys: list[str]) -> str:

@@ -1,15 +1,19 @@
 """`make demo`: SEAT adapting a tiny segmenter to the built-in synthetic domain shift.
 
-Trains the same tiny DeepLabV2 three ways with the same budget on `synthetic_streets` (source:
-flat game-like renderings; target: another palette, lighting, noise and blur):
+As the paper's models start from DeepLab weights pretrained elsewhere, the demo first trains its
+tiny DeepLabV2 once on a third rendering of the scenes (`pretrain`, neither source nor target;
+cached in --workdir and reused), and every run below starts from that init. It then trains the
+model three ways with the same budget on `synthetic_streets` (source: flat game-like renderings;
+target: another palette, lighting, noise and blur):
   source only  plain (shared) BN, no adversary, target never seen;
   SAT          per-domain BN statistics, shared affine, multi-level adversarial training;
   SEAT         per-domain statistics and affine, multi-level adversarial training;
 evaluates SEAT also with the paper's layer switch (stages 3-4 use the source norms, as the GTA5
-preset), then stage 2 (self-training, re-initialised, on pseudo-labels from SEAT with the layer
-switch, evaluated with it too, as in the paper's pipeline), then DACS with SEAT norms (mixing-based
-self-training with an EMA teacher, the best mixing variant on this shift; benchmarks/RESULTS.md),
-and prints one table of target validation IoU. Everything lands in --workdir.
+preset), then stage 2 (self-training, re-initialised to the pretrained init, on pseudo-labels
+from SEAT with the layer switch, evaluated with it too, as in the paper's pipeline), then DACS
+with SEAT norms (mixing-based self-training with an EMA teacher, the best mixing variant on this
+shift; benchmarks/RESULTS.md), and prints one table of target validation IoU, the pretrained
+init's own score first. Everything lands in --workdir.
 """
 
 import sys
@@ -24,19 +28,27 @@ _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where all runs and th
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the demo preset).")
 _SIZE = flags.DEFINE_string("size", "",
                             "Override resize as HxW for a quicker smoke run, e.g. 32x64.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of every run (default: the presets' 1234); the "
+                             "spread across seeds is in the docs' demo table.")
 
 RUNS = (("source only", "source_only", "shared"), ("SAT", "sat", "sat"),
         ("SEAT", "seat", "seat"))
+# The init every run starts from: (title, run name, configs/demo.py row).
+PRETRAIN_RUN = ("pretrained init", "pretrain", "pretrain")
 # After the paper's pipeline: (title, run name, configs/demo.py row).
 MIXING_RUN = ("DACS + SEAT", "dacs_seat", "dacs_seat")
 
 
 def run_config(row: str, data_dir: str, steps: int | None, size: str,
-               batch_size: int | None = None):
-  """A configs/demo.py row (a norm mode or a method's row) with the demo's overrides."""
+               batch_size: int | None = None, init_from: str = "", seed: int | None = None):
+  """A configs/demo.py row (a norm mode or a method's row) with the demo's overrides, starting
+  from `init_from` (the pretrained init's workdir)."""
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
   config = presets.demo_row(row)
   config.data.data_dir = data_dir
+  config.init_from = init_from
+  if seed is not None:
+    config.seed = seed
   if batch_size:
     config.train.batch_size = batch_size
   if steps:
@@ -73,18 +85,20 @@ def results_table(results: dict[str, dict]) -> str:
 
 
 def run_demo(workdir, steps: int | None = None, size: str = "",
-             batch_size: int | None = None) -> dict[str, dict]:
+             batch_size: int | None = None, seed: int | None = None) -> dict[str, dict]:
   """Runs the whole demo in `workdir`; returns the final evaluation of every run by title."""
   # pylint: disable-next=g-import-not-at-top,multiple-imports
   from seat_jax import datasets, progress, pseudo_labels, presets, train
 
   workdir = epath.Path(workdir).absolute()
   data_dir = str(workdir / "tfds")
-  make_config = lambda row: run_config(row, data_dir, steps, size, batch_size)
+  init = str(workdir / PRETRAIN_RUN[1])
+  make_config = lambda row: run_config(  # noqa: E731
+      row, data_dir, steps, size, batch_size, init, seed)
   switch = presets.GTA_LAYER_SWITCH
   ls_name = f"LS {switch[0]}-{switch[-1]}"
   # The stages and their rough shares of the demo's time, for the demo-wide ETA.
-  weights = [2, 10, 10, 10, 1, 3, 10, 1, 14]
+  weights = [2, 9, 10, 10, 10, 1, 3, 10, 1, 14]
   stages = iter(range(len(weights)))
   clock = progress.Progress("demo", sum(weights), unit="work units", every_secs=0.0)
   clock(0)
@@ -94,11 +108,17 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
     clock(sum(weights[:stage]))
     print(f"\n=== [{stage + 1}/{len(weights)}] {title} ===", flush=True)
 
-  begin("Generating synthetic_streets (source and target domains)")
-  for domain in ("source", "target"):
+  begin("Generating synthetic_streets (source, target and pretrain renderings)")
+  for domain in ("source", "target", "pretrain"):
     datasets.prepare("synthetic_streets", data_dir, builder_config=domain)
 
+  title, name, row = PRETRAIN_RUN
+  begin(f"Pretraining the init every run starts from ({workdir / name}; reused when present)")
+  pretrain = run_config(row, data_dir, steps, size, batch_size, seed=seed)
+  train.train_and_evaluate(pretrain, init)
   results, configs = {}, {}
+  results[title] = evaluate_final(make_config("shared"), epath.Path(init))
+
   for title, name, norm_mode in RUNS:
     begin(f"Training {title} ({norm_mode} norm)")
     configs[name] = make_config(norm_mode)
@@ -117,8 +137,9 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
   configs["seat"].eval.source_stages = switch
   pseudo_labels.generate(configs["seat"], str(workdir / "seat"))
 
-  begin("Stage 2: SEAT re-initialised, trained on source labels + target pseudo-labels")
-  stage2 = presets.stage2(make_config("seat"))
+  begin("Stage 2: SEAT re-initialised to the init, trained on source labels + target "
+        "pseudo-labels")
+  stage2 = presets.stage2(make_config("seat"))  # init_from: the pretrained init
   stage2.eval.source_stages = switch  # its periodic evaluation, like the final one
   stage2.data.target.pseudo_label_dir = str(workdir / "seat" / "pseudo_labels")
   train.train_and_evaluate(stage2, str(workdir / "seat_stage2"))
@@ -145,7 +166,7 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
 
 def run(argv: list[str]) -> int:
   del argv
-  run_demo(_WORKDIR.value, _STEPS.value, _SIZE.value)
+  run_demo(_WORKDIR.value, _STEPS.value, _SIZE.value, seed=_SEED.value)
   return 0
 
 

@@ -70,6 +70,7 @@ def run(argv: list[str]) -> int:
                             "--config=configs/gta.py --workdir=runs/gta_seat.")
   from seat_jax import config_validation  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
+  config_validation.clear_training_placeholders(config)  # stage-2 presets in eval mode
   config_validation.validate(config)  # before anything slow: a typo fails in seconds
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_process_launch()):

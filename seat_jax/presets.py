@@ -5,9 +5,13 @@ other; each is a two-line wrapper around one function here. Every choice the pap
 is made here once and listed in README ("What the presets choose").
 """
 
+import difflib
+import textwrap
+
 import ml_collections
 
 from seat_jax import config_defaults
+from seat_jax import errors
 from seat_jax.methods import clustering as clustering_method
 from seat_jax.methods import dacs
 from seat_jax.methods import daformer
@@ -39,6 +43,33 @@ CLUSTERING_ROWS = ("clustering_source", "clustering", "clustering_seat_source", 
 # DeepLabV2 and MIC on top of it, each without / with SEAT norms.
 MIX_ROWS = tuple(f"{m}{suffix}" for m in ("dacs", "daformer_dlv2", "mic_dlv2")
                  for suffix in ("", "_seat"))
+# Every row each configs/*.py file accepts after its colon ("" = the file's default row).
+GTA_ROWS = (*ABLATION_ROWS, *TABLE4_ROWS, *SOURCE_ONLY_ROWS, *INTRADA_ROWS, *FDA_ROWS,
+            *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, *MIX_ROWS)
+SYNTHIA_ROWS = (*ABLATION_ROWS, *FDA_ROWS, *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, *MIX_ROWS)
+# Stage 2 self-trains after an adversarial row (the paper), is IntraDA's second adaptation, or
+# one of FDA's self-training rounds.
+GTA_STAGE2_ROWS = (*ABLATION_ROWS, *TABLE4_ROWS, *INTRADA_ROWS, *FDA_ROWS)
+SYNTHIA_STAGE2_ROWS = (*ABLATION_ROWS, *FDA_ROWS)
+
+
+class UnknownPresetError(errors.UsageError):
+  """A configs/*.py row that does not exist; the message lists the file's rows."""
+
+
+def check_row(row: str, rows: tuple[str, ...], config_file: str, default: str = "mul") -> None:
+  """Raises UnknownPresetError naming the closest row and every row of `config_file`."""
+  if row in rows:
+    return
+  close = difflib.get_close_matches(row, rows, n=1, cutoff=0.5)
+  hint = f" Did you mean --config={config_file}:{close[0]}?" if close else ""
+  listing = textwrap.fill(", ".join(rows), width=96, initial_indent="  ",
+                          subsequent_indent="  ")
+  raise UnknownPresetError(
+      f"{config_file} has no preset {row!r}.{hint}\nIts presets, --config={config_file}:<row> "
+      f"(without a row: {default}):\n{listing}")
+
+
 # The paper's best layer switch (section 5.2): stages 3-4 on GTA5, stage 4 on SYNTHIA.
 GTA_LAYER_SWITCH = (3, 4)
 SYNTHIA_LAYER_SWITCH = (4,)
@@ -99,6 +130,7 @@ def _gta_base() -> ml_collections.ConfigDict:
 def gta(row: str = "mul") -> ml_collections.ConfigDict:
   """GTA5 -> Cityscapes stage 1 at the paper's sizes: a row of Table 5 or 4, or a baseline."""
   row = row or "mul"
+  check_row(row, GTA_ROWS, "configs/gta.py")
   if row in TABLE4_ROWS:
     return _table4(row)
   if row in SOURCE_ONLY_ROWS:
@@ -165,6 +197,7 @@ def _table4(row: str) -> ml_collections.ConfigDict:
 def synthia(row: str = "mul") -> ml_collections.ConfigDict:
   """SYNTHIA -> Cityscapes stage 1, 16-class model scored as mIoU13 (and mIoU16) (Table 6)."""
   row = row or "mul"
+  check_row(row, SYNTHIA_ROWS, "configs/synthia.py")
   config = _paper_recipe(config_defaults.get_config())
   config.model.num_classes = 16
   config.data.label_space = "synthia16"
@@ -415,6 +448,8 @@ def _demo_method(row: str) -> ml_collections.ConfigDict:
 
 DEMO_METHOD_ROWS = (*DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, "dacs", "dacs_seat", "daformer",
                     "daformer_seat", "mic", "mic_seat")
+DEMO_ROWS = ("seat", "sat", "shared", "pretrain", *INTRADA_ROWS, "intrada_stage2",
+             "intrada_seat_stage2", *FDA_ROWS, *DEMO_METHOD_ROWS)
 
 
 def _demo_fda(row: str) -> ml_collections.ConfigDict:
@@ -477,13 +512,31 @@ def demo_intrada(row: str) -> ml_collections.ConfigDict:
 
 def demo_row(row: str = "seat") -> ml_collections.ConfigDict:
   """configs/demo.py's rows: a norm mode (shared = source only, sat, seat) or a method's row."""
+  row = row or "seat"
+  check_row(row, DEMO_ROWS, "configs/demo.py", default="seat")
   if row in FDA_ROWS:  # :fda_b001 ... :fda_b009_seat
     return _demo_fda(row)
   if row.startswith("intrada"):  # :intrada[_seat][_stage2]
     return demo_intrada(row)
   if row in DEMO_METHOD_ROWS:
     return _demo_method(row)
-  return demo(row or "seat")
+  if row == "pretrain":
+    return demo_pretrain()
+  return demo(row)
+
+
+def demo_pretrain() -> ml_collections.ConfigDict:
+  """The demo's stand-in for the pretrained DeepLab weights every paper run starts from.
+
+  The tiny segmenter trained once with labels on synthetic_streets' `pretrain` style (neither
+  the source's nor the target's), plain BN, no adversary, the demo's budget. Every demo run
+  starts from it (`init_from`), and stage 2 re-initialises to it, as the paper's pipeline does.
+  """
+  config = demo("shared")
+  for split in (config.data.source, config.data.target, config.data.val):
+    split.builder_config = "pretrain"
+  config.train.eval_every = 0
+  return config
 
 
 def demo(norm_mode: str = "seat") -> ml_collections.ConfigDict:

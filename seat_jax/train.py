@@ -86,17 +86,27 @@ def initialise(trainer: train_step.Trainer, workdir: epath.Path,
     return state, 0.0, ("initialised from scratch (random weights, as asked by "
                         f"config.init_from={config_validation.SCRATCH!r})")
   if config.init_from:
-    directory, step = checkpointing.resolve(config.init_from)
-    abstract = train_step.abstract_state(trainer).model_variables()
-    variables = checkpointing.restore_model(directory, abstract, step)
+    variables, report = load_init(trainer, state)
     # Optimiser and discriminator states stay fresh: a warm start, not a resume. The teacher
     # (and DAFormer's reference model) start from the loaded weights.
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
                           method_state=jax.jit(
                               functools.partial(train_step.init_method_state, trainer),
                               out_shardings=trainer.replicated)(variables))
-    return state, 0.0, f"initialised the segmenter from config.init_from={config.init_from}"
+    return state, 0.0, (f"initialised the segmenter from config.init_from={config.init_from}: "
+                        f"{report.summary()}")
   return state, 0.0, "initialised from scratch (random weights)"
+
+
+def load_init(trainer: train_step.Trainer, state: TrainState):
+  """config.init_from fitted into this preset's model (`warm_start`); heads it cannot give come
+  from `state`'s fresh initialisation. Returns (variables, report)."""
+  config = trainer.config
+  directory, step = checkpointing.resolve(config.init_from)
+  abstract = train_step.abstract_state(trainer).model_variables()
+  return checkpointing.restore_fitted(directory, abstract, step,
+                                      fresh=jax.device_get(state.model_variables()),
+                                      init_domain=config.get("init_domain", ""))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,32 +94,36 @@ def images():
 
 
 def test_cli_converts_deeplab_checkpoint_and_logits_match(tmp_path, images):
+  """Converted once without a config (plain BNs, the file's architecture); a SEAT-norm model
+  restores it with every BN in both domain slots and reproduces torch's logits in each."""
   cfg = model_config(aspp_branches=4, norm_mode="seat")
   model = torch_model(cfg, images)
   pth = save_pth(tmp_path / "trained.pth", tref.deeplab_state_dict(model))
   out_dir = tmp_path / "converted"
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
-      [sys.executable, "-m", "seat_jax.convert", f"--torch={pth}", f"--out={out_dir}",
-       "--config=configs/gta.py", f"--config.model.num_classes={NUM_CLASSES}",
-       "--config.model.aspp_branches=4", "--config.model.norm_mode=seat",
-       f"--config.model.stage_sizes={TINY_STAGES}", f"--config.model.base_width={TINY_WIDTH}"],
+      [sys.executable, "-m", "seat_jax.convert", f"--torch={pth}", f"--out={out_dir}"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert proc.returncode == 0, proc.stderr
   assert "format deeplab" in proc.stdout
+  assert (f"model:             stage_sizes {TINY_STAGES}, base_width {TINY_WIDTH}, heads for "
+          f"{NUM_CLASSES} classes") in proc.stdout
   num_tensors = sum(1 for k in model.state_dict() if not k.endswith("num_batches_tracked"))
   assert f"tensors converted: {num_tensors} " in proc.stdout
+  assert f"--config.init_from={out_dir}" in proc.stdout
 
   module = models.build_segmenter(cfg)
   abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.asarray(images))
   variables = checkpointing.restore_model(out_dir, abstract)
-  assert_logits_close(flax_logits(cfg, variables, images), torch_logits(model, images))
+  for domain in ("source", "target"):
+    assert_logits_close(flax_logits(cfg, variables, images, domain), torch_logits(model, images))
 
   with ocp.CheckpointManager(out_dir.absolute()) as mngr:
     meta = mngr.restore(0, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   assert meta["format"] == "deeplab" and meta["heads_from_checkpoint"]
   assert meta["source"] == os.path.abspath(pth) and meta["skipped_keys"] == []
   assert meta["model_config"]["stage_sizes"] == list(TINY_STAGES)
+  assert meta["model_config"]["norm_mode"] == "shared"
 
 
 @pytest.mark.parametrize("aspp_branches,norm_mode,prefix", [

@@ -4,23 +4,44 @@ import json
 import math
 import re
 
+import jax
+import numpy as np
+import pytest
+
+from seat_jax import checkpointing
 from seat_jax import demo
+from seat_jax import presets
+from seat_jax import train
+from seat_jax import train_step
 
 
-def test_demo_runs_end_to_end_and_writes_the_table_and_panels(tmp_path, capsys):
-  # Batch 2 at 32x64: the same programs as tests/test_train.py, so compiles are shared.
-  results = demo.run_demo(tmp_path, steps=2, size="32x64", batch_size=2)
-  runs = ["source only", "SAT", "SEAT", "SEAT + LS 3-4", "SEAT + LS 3-4 + self-training",
-          "DACS + SEAT"]
+@pytest.fixture(scope="module")
+def toy_demo(tmp_path_factory):
+  """The whole demo at a toy size, and what it printed."""
+  workdir = tmp_path_factory.mktemp("demo")
+  capture = pytest.MonkeyPatch()
+  printed = []
+  capture.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+  try:
+    # Batch 2 at 32x64: the same programs as tests/test_train.py, so compiles are shared.
+    results = demo.run_demo(workdir, steps=2, size="32x64", batch_size=2)
+  finally:
+    capture.undo()
+  return workdir, results, "\n".join(printed)
+
+
+def test_demo_runs_end_to_end_and_writes_the_table_and_panels(toy_demo):
+  tmp_path, results, out = toy_demo
+  runs = ["pretrained init", "source only", "SAT", "SEAT", "SEAT + LS 3-4",
+          "SEAT + LS 3-4 + self-training", "DACS + SEAT"]
   assert list(results) == runs
   table = (tmp_path / "results.md").read_text()
   header = next(line for line in table.splitlines() if line.startswith("| class"))
-  assert header.split("|")[2:8] == [f" {run} " for run in runs]
+  assert header.split("|")[2:9] == [f" {run} " for run in runs]
   miou_row = next(line for line in table.splitlines() if "mIoU" in line)
   shown = [float(v) for v in re.findall(r"\d+\.\d", miou_row)]
   assert shown == [round(100 * results[run]["miou"], 1) for run in results]
   assert not any(math.isnan(v) for v in shown)
-  out = capsys.readouterr().out
   assert "Target validation IoU" in out and "ETA" in out
   for run in ("source_only", "sat", "seat", "seat_layer_switch", "seat_stage2", "dacs_seat"):
     assert list((tmp_path / run / "eval").glob("eval_step_2/panels/*.png")), run
@@ -30,3 +51,24 @@ def test_demo_runs_end_to_end_and_writes_the_table_and_panels(tmp_path, capsys):
   assert summary["source_stages"] == [3, 4]
   switched = json.loads((tmp_path / "seat_layer_switch" / "eval" / "summary.json").read_text())
   assert switched["source_stages"] == [3, 4] and switched["checkpoints"].endswith("seat/checkpoints")
+
+
+def test_every_run_and_stage_2_start_from_the_pretrained_init(toy_demo):
+  """As the paper: every model starts from the pretrained weights, and stage 2 re-initialises
+  to them (not to a random draw, not to the stage-1 model)."""
+  workdir, _, out = toy_demo
+  init = workdir / "pretrain"
+  started = re.findall(r"initialised the segmenter from config.init_from=(\S+):", out)
+  assert started == [str(init)] * 5  # source only, SAT, SEAT, stage 2, DACS + SEAT
+  stage2 = presets.stage2(demo.run_config("seat", str(workdir / "tfds"), 2, "32x64", 2, str(init)))
+  stage2.data.target.pseudo_label_dir = str(workdir / "seat" / "pseudo_labels")
+  trainer = train_step.build_trainer(stage2)
+  state, _, _ = train.initialise(trainer, workdir / "stage2_start", data=None)
+  pretrained = checkpointing.restore_stored_model(init / "checkpoints", 2)
+  for domain in ("source", "target"):
+    np.testing.assert_array_equal(state.params["layer2"]["block0"]["bn1"][f"{domain}_scale"],
+                                  pretrained["params"]["layer2"]["block0"]["bn1"]["scale"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["main_head"]),
+               pretrained["params"]["main_head"])
+  stage1 = checkpointing.restore_stored_model(workdir / "seat" / "checkpoints", 2)
+  assert not np.array_equal(state.params["conv1"]["kernel"], stage1["params"]["conv1"]["kernel"])

@@ -460,7 +460,20 @@ def _margins(case: Case, values: dict[str, np.ndarray] | None = None,
   own = _errors(_torch_values(run.torch32, run, case), truth, scales)
   got = _errors(_jax_values(run) if values is None else values, ref, scales,
                 _adam_noise(run, case))
-  return {k: v / (RATIO * own.get(k, 0.0) + FLOOR) for k, v in got.items()}
+  floors = {k: _metric_floor(run) if k.startswith("metrics") else FLOOR for k in got}
+  return {k: v / (RATIO * own.get(k, 0.0) + floors[k]) for k, v in got.items()}
+
+
+def _metric_floor(run: Run) -> float:
+  """The floor of a logged scalar: each is one sum (a mean loss over every pixel and class, or
+  the gradient norm over every parameter), whose float32 rounding grows like sqrt(n) ulps with
+  the summation order, which differs between frameworks and processors (torch sums pairwise,
+  XLA:CPU along its vector lanes). n: the longest such sum of the iteration."""
+  batch = _batches()[0]
+  pixels = max(batch[k].shape[0] * batch[k].shape[1] * batch[k].shape[2]
+               for k in ("source_image", "target_image"))
+  num_params = sum(np.size(x) for x in jax.tree.leaves(run.state0.params))
+  return FLOOR * np.sqrt(max(pixels * NUM_CLASSES, num_params)) / 16
 
 
 # ------------------------------------------------------------------------------------ tests

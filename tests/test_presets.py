@@ -81,6 +81,25 @@ def test_every_preset_and_row_loads_and_validates(name, row):
   config_validation.validate(config, num_devices=1)
 
 
+@pytest.mark.parametrize("name,row", [(n, r) for n in ("gta_stage2.py", "synthia_stage2.py")
+                                      for r in ROWS[n]] + [("gta.py", "clustering")])
+@pytest.mark.parametrize("mode", ["eval", "pseudo_labels"])
+def test_presets_with_training_inputs_evaluate_and_label_without_them(name, row, mode):
+  """Stage 2's pseudo-labels, IntraDA's lists and clustering's init are training inputs: the same
+  preset evaluates and pseudo-labels with them left unset."""
+  config = load(name, row)
+  config.mode = mode
+  config_validation.clear_training_placeholders(config)
+  config_validation.validate(config, num_devices=1)
+  assert not str(config.data.target.pseudo_label_dir).startswith("REQUIRED")
+  config.mode = "train"  # training still asks for them
+  for key in ("init_from", "data.target.pseudo_label_dir"):
+    parent, _, leaf = key.rpartition(".")
+    (config[parent] if parent else config)[leaf] = "REQUIRED: set me"
+  with pytest.raises(errors.UsageError, match="must be set: REQUIRED: set me"):
+    config_validation.validate(config)
+
+
 def _recipe(config):
   return dict(norm=config.model.norm_mode, affine=config.model.bn_affine_trainable,
               adv=config.adv.mode, aux_ce=config.loss.aux_weight,

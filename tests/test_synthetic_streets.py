@@ -57,6 +57,16 @@ def test_domains_differ_in_pixel_statistics(domain_samples):
   assert (std_ratio <= 0.8).all(), std_ratio
 
 
+def test_the_pretrain_style_is_neither_source_nor_target(domain_samples):
+  """The demo's pretraining domain: same scenes and classes, a third rendering whose channel
+  means differ from both other domains' by at least 15 grey levels in every channel."""
+  pretrain = domain_samples["pretrain"]
+  for other in ("source", "target"):
+    gap = np.abs(pretrain[0].mean(0) - domain_samples[other][0].mean(0))
+    assert (gap >= 15).all(), (other, gap)
+    assert np.abs(pretrain[1] - domain_samples[other][1]).max() < 0.03
+
+
 def test_source_is_flat_and_target_is_noisy():
   # Two renderings of one layout: the same canvas drawn in each domain's style.
   canvas = streets.draw_layout(np.random.default_rng(0), (64, 128))
@@ -96,7 +106,7 @@ def test_build_and_read_back(tmp_path, tiny_config):
 
 def test_builder_configs_and_same_bytes_from_generator(tmp_path, tiny_config):
   configs = {c.name: c for c in streets.Builder.BUILDER_CONFIGS}
-  assert set(configs) == {"source", "target"}
+  assert set(configs) == {"source", "target", "pretrain"}
   assert configs["source"].image_hw == (128, 256)
   assert (configs["source"].num_train, configs["source"].num_validation) == (200, 50)
   builder = streets.Builder(config=tiny_config, data_dir=str(tmp_path))

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 
 import helpers
 from seat_jax import checkpointing
+from seat_jax import presets
 from seat_jax import train
 from seat_jax import train_step
 
@@ -67,14 +69,48 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
-def test_init_from_a_checkpoint_of_another_model_names_the_difference(uninterrupted, tmp_path):
+def test_init_from_a_seat_run_into_plain_bn_asks_for_a_domain(uninterrupted, tmp_path):
   workdir, _ = uninterrupted
   config = _config("")
   config.model.norm_mode = "shared"
   config.init_from = str(workdir)
   trainer = train_step.build_trainer(config)
-  with pytest.raises(ValueError, match=r"bn1/scale.*|holds a different model"):
+  with pytest.raises(ValueError, match=r"(?s)per-domain norms.*--config.init_domain=source"):
     train.initialise(trainer, tmp_path, data=None)
+  config.init_domain = "target"
+  state, _, how = train.initialise(train_step.build_trainer(config), tmp_path, data=None)
+  assert "norm tensors taken from one domain (init_domain)" in how
+  stored = _final_params(workdir)
+  np.testing.assert_array_equal(state.params["layer3"]["block0"]["bn2"]["scale"],
+                                stored["params"]["layer3"]["block0"]["bn2"]["target_scale"])
+
+
+def test_init_from_a_checkpoint_of_another_model_names_the_difference(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  config = _config("")
+  config.model.base_width = 16
+  config.init_from = str(workdir)
+  trainer = train_step.build_trainer(config)
+  with pytest.raises(ValueError, match=r"(?s)holds a different model.*shape differs: "
+                                       r"params/conv1/kernel: stored \(7, 7, 3, 8\), "
+                                       r"model \(7, 7, 3, 16\)"):
+    train.initialise(trainer, tmp_path, data=None)
+
+
+def test_a_damaged_step_names_its_folder_and_the_other_steps(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  copy = tmp_path / "run"
+  shutil.copytree(workdir / "checkpoints", copy / "checkpoints")
+  for data_file in (copy / "checkpoints" / "4" / "model").rglob("d/*"):
+    data_file.write_bytes(data_file.read_bytes()[:len(data_file.read_bytes()) // 2])
+  trainer = train_step.build_trainer(_config(""))
+  abstract = train_step.abstract_state(trainer).model_variables()
+  with pytest.raises(checkpointing.DamagedCheckpointError,
+                     match=r"(?s)Step 4 of .*/run/checkpoints cannot be read.*Copy "
+                           r".*/run/checkpoints/4 again.*Other saved steps: \[2\]; "
+                           r"--config.eval.step=<step>"):
+    checkpointing.restore_model(copy / "checkpoints", abstract)
+  checkpointing.restore_model(copy / "checkpoints", abstract, step=2)  # the other step reads
 
 
 def _run_cli(*args, env=None):
@@ -115,6 +151,18 @@ def test_cli_user_mistakes_end_with_an_error_block_and_no_traceback(tmp_path):
                            "--config.mode=eval")
   assert no_checkpoint.returncode == 1
   assert _error_block(no_checkpoint).startswith(f"error: No checkpoint in {tmp_path}")
+
+  stage2_eval = _run_cli("--config=configs/gta_stage2.py", f"--workdir={tmp_path}",
+                         "--config.mode=eval")  # its training inputs are not needed here
+  assert _error_block(stage2_eval).startswith(f"error: No checkpoint in {tmp_path}")
+
+  typo = _run_cli("--config=configs/gta.py:sourceonly", f"--workdir={tmp_path}")
+  assert typo.returncode == 2
+  error = _error_block(typo)
+  assert error.startswith("error: configs/gta.py has no preset 'sourceonly'. Did you mean "
+                          "--config=configs/gta.py:source_only?")
+  listed = error.split("(without a row: mul):", 1)[1].replace("\n", " ")
+  assert {r.strip() for r in listed.split(",")} == set(presets.GTA_ROWS)
 
   not_prepared = _run_cli("--config=configs/gta.py", f"--workdir={tmp_path / 'run'}",
                           f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.init_from=x")

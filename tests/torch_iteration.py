@@ -298,6 +298,8 @@ class TorchIteration:
 
 
 def _grad_norm(params) -> float:
-  grads = [p.grad.detach().double() for p in _unique(params) if p.grad is not None]
+  """The global gradient norm, summed in the gradients' own dtype (float32 runs accumulate in
+  float32, as the JAX step's `optax.tree.norm` does)."""
+  grads = [p.grad.detach() for p in _unique(params) if p.grad is not None]
   return float(torch.sqrt(sum((g * g).sum() for g in grads)))
 

@@ -13,6 +13,10 @@ rendered:
           degrees, desaturated and tinted), contrast cut to ~0.6 with a warm per-channel offset,
           gamma ~0.8, per-image exposure jitter, vignetting, Gaussian blur (sigma 0.8 px) and
           sensor noise (sigma 5 grey levels).
+  pretrain: a third style, neither source's nor target's, on which the demo pretrains its tiny
+          segmenter once, as the paper's models start from DeepLab weights pretrained elsewhere:
+          the source palette hue-rotated the other way (-70 degrees), a green-blue offset,
+          contrast ~0.8 with per-image jitter, light blur (sigma 0.5 px) and noise (sigma 3).
 
 Most of the shift is a change of per-channel pixel statistics, which per-domain BatchNorm
 statistics and affine parameters (SEAT) can absorb but a source-only model with shared BN
@@ -20,6 +24,7 @@ cannot. Measured on the default configs (128x256, the 200 train images, seed 0),
 
   source train: per-channel mean (R, G, B) = (150.3, 96.5, 153.3), std = (71.7, 44.0, 73.9)
   target train: per-channel mean (R, G, B) = (172.5, 118.4, 88.3), std = (30.9, 17.2, 25.7)
+  (pretrain train, first 50 images: mean (107.1, 143.4, 177.1), std (33.9, 49.5, 48.6))
 
 so the means move by (+22, +22, -65) grey levels and the contrast drops to ~0.4x; the class
 pixel frequencies of the two domains agree within ~0.01 (tests/test_synthetic_streets.py checks
@@ -54,7 +59,7 @@ ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, VEGETATION, SKY, PERSON, CAR = (
     0, 1, 2, 5, 7, 8, 10, 11, 13)
 SCENE_CLASSES = (ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, VEGETATION, SKY, PERSON, CAR)
 
-DOMAINS = ("source", "target")
+DOMAINS = ("source", "target", "pretrain")  # append only: the index seeds each domain's stream
 SPLITS = ("train", "validation")
 
 # Flat, saturated "game" colours (RGB) of the source domain.
@@ -285,9 +290,20 @@ def _target_palette() -> dict[int, np.ndarray]:
   return out
 
 
+def _pretrain_palette() -> dict[int, np.ndarray]:
+  """The source palette hue-rotated by -70 degrees and desaturated by 15%."""
+  rotation = _hue_rotation(-70.0)
+  out = {}
+  for cls, rgb in _SOURCE_PALETTE.items():
+    col = rotation @ np.asarray(rgb, np.float64)
+    out[cls] = np.clip(0.85 * col + 0.15 * col.mean(), 0, 255)
+  return out
+
+
 _PALETTES = {
     "source": {k: np.asarray(v, np.float64) for k, v in _SOURCE_PALETTE.items()},
     "target": _target_palette(),
+    "pretrain": _pretrain_palette(),
 }
 
 
@@ -330,6 +346,13 @@ def render(c: SceneCanvas, domain: str, rng: np.random.Generator) -> np.ndarray:
   if domain == "source":
     image = base * (c.shade * (1.0 + 0.45 * c.pattern))[..., None]
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
+  if domain == "pretrain":
+    image = base * (c.shade * (1.0 + 0.4 * c.pattern))[..., None]
+    contrast = np.float32(0.8 * rng.uniform(0.9, 1.1))
+    image = contrast * image + np.array([15.0, 45.0, 45.0], np.float32)
+    image = _gaussian_blur(image, 0.5)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(3.0)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
   image = base * (c.shade * (1.0 + 0.35 * c.pattern))[..., None]
   contrast = np.float32(0.6 * rng.uniform(0.9, 1.1))  # exposure jitter per image
   offset = (np.array([75.0, 45.0, 10.0]) * rng.uniform(0.8, 1.2)).astype(np.float32)
@@ -358,7 +381,8 @@ def generate_example(seed: int, domain: str, split: str, index: int,
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-  """Generated street scenes; configs 'source' and 'target', splits 'train' and 'validation'."""
+  """Generated street scenes; configs 'source', 'target' and 'pretrain', splits 'train' and
+  'validation'."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -367,6 +391,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                              description="Flat, saturated, game-like rendering."),
       SyntheticStreetsConfig(name="target", domain="target",
                              description="Camera-like rendering: palette, lighting, blur, noise."),
+      SyntheticStreetsConfig(name="pretrain", domain="pretrain",
+                             description="A third style for the demo's pretrained init."),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
