@@ -44,7 +44,8 @@ RUNS = {
 
 
 def run(name: str, workdir: pathlib.Path, data_dir: str) -> dict:
-  from seat_jax import demo, presets, train  # pylint: disable=g-import-not-at-top,multiple-imports
+  from seat_jax import presets, train  # pylint: disable=g-import-not-at-top,multiple-imports
+  from seat_jax.recipes import parts  # pylint: disable=g-import-not-at-top
   row, overrides, start_from = RUNS[name]
   config = presets.demo_row(row)
   config.data.data_dir = data_dir
@@ -55,7 +56,7 @@ def run(name: str, workdir: pathlib.Path, data_dir: str) -> dict:
   begin = time.time()
   train.train_and_evaluate(config, str(workdir / name))
   seconds = time.time() - begin
-  final = demo.evaluate_final(config, workdir / name)
+  final = parts.final_scores(config, workdir / name, source_stages=())
   return {"run": name, "norm_mode": config.model.norm_mode, "miou": 100 * final["miou"],
           "train_seconds": seconds}
 

@@ -1,25 +1,29 @@
 """The base configuration that every preset in `configs/` starts from.
 
-Values are the paper's GTA5 -> Cityscapes stage-1 setting (SPEC sections 1-7). Presets override a
-few fields; the command line overrides any of them with `--config.a.b=value`. Sizes are written
-as (height, width) everywhere, which is the array order; the papers quote width x height.
+Values are the paper's GTA5 -> Cityscapes stage-1 setting. Presets override a few fields; the
+command line overrides any of them with `--config.a.b=value`. Sizes are written as (height,
+width) everywhere, which is the array order; the papers quote width x height.
 """
 
 import ml_collections
 
+from seat_jax import methods
 from seat_jax import models
 
-# What `python -m seat_jax.main` can do with a config (config.mode).
-MODES = ("train", "eval", "pseudo_labels", "adabn", "entropy_rank")
+# What `python -m seat_jax.main` can do with a config (config.mode): one part, or a recipe of
+# parts that resumes where it stopped (`seat_jax.recipes`).
+PARTS = ("train", "eval", "pseudo_labels", "entropy_rank")
+RECIPES = ("pipeline", "fda_rounds", "intrada", "adabn")
+MODES = PARTS + RECIPES
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """DeepLabV2 / ResNet-101 with SEAT norms (SPEC sections 1-2)."""
+  """DeepLabV2 / ResNet-101 with SEAT norms."""
   m = ml_collections.ConfigDict()
   m.num_classes = 19
   m.stage_sizes = models.RESNET101_STAGES  # blocks in layer1..layer4
   m.base_width = 64  # stem channels and layer1 planes; ResNet doubles it per stage
-  m.aspp_branches = 4  # 2 reproduces AdaptSegNet's early-return bug (REFERENCE 1.1)
+  m.aspp_branches = 4  # 2: AdaptSegNet's code sums only 2 (its released models)
   m.aspp_dilations = (6, 12, 18, 24)
   m.norm_mode = "seat"  # shared | sat | seat
   m.bn_affine_trainable = True  # AdaptSegNet freezes the BN affine; SEAT trains it
@@ -31,11 +35,11 @@ def get_model_config() -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = "train"  # train | eval | pseudo_labels
+  c.mode = "train"  # a part or a recipe (config_defaults.MODES; seat_jax.recipes)
   c.seed = 1234
   c.model = get_model_config()
 
-  # Data (SPEC section 5). Dataset names are the TFDS builders in data_builders/.
+  # Data. Dataset names are the TFDS builders in data_builders/.
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ""  # TFDS data_dir; "" = the TFDS default (~/tensorflow_datasets)
   c.data.source = ml_collections.ConfigDict(dict(
@@ -66,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.preprocess_on = "device"
   c.data.prefetch_buffer_size = 2
 
-  # Adversarial training (SPEC section 3).
+  # Adversarial training.
   c.adv = ml_collections.ConfigDict()
   c.adv.mode = "multi_level_sum"  # none | single | multi_level_sum | two_discriminators
   c.adv.input = "softmax"  # softmax | entropy (ADVENT self-information map)
@@ -77,52 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.aux_weight = 0.1  # CE(main) + aux_weight * CE(aux)
-  c.loss.entropy_weight = 0.0  # ADVENT MinEnt on target, main head; 0 = off
-  c.loss.entropy_weight_aux = 0.0  # ADVENT MinEnt on the aux head (ADVENT: 0.0002)
-  # FDA's robust entropy on the target's stride-8 main logits (FDA: 0.005, eta 2); 0 = off.
-  c.loss.robust_entropy_weight = 0.0
-  c.loss.robust_entropy_eta = 2.0
-  c.loss.target_ce_weight = 1.0  # stage 2: CE on target pseudo-labels
 
-  # Differential treatment (Wang et al. 2020): stuff classes matched to a class-wise memory of
-  # source features, thing instances to an instance-wise one (layer4 features). 0 = off.
-  c.differential = ml_collections.ConfigDict()
-  c.differential.stuff_weight = 0.0  # published 0.01
-  c.differential.thing_weight = 0.0  # published 0.01
-  c.differential.stuff_bank = 50  # memory slots per stuff class
-  c.differential.thing_bank = 500  # memory slots per thing class
-
-  # Toldo et al. 2021: clustering, orthogonality and sparsity losses on layer4 features plus an
-  # image-wise weighted MaxSquare entropy on the target. All 0 = off (presets set the values).
-  c.clustering = ml_collections.ConfigDict()
-  c.clustering.cluster = 0.0
-  c.clustering.ortho = 0.0
-  c.clustering.sparse = 0.0
-  c.clustering.entropy = 0.0
-  c.clustering.iw_ratio = 0.2  # MaxSquare's image-wise class weighting exponent (0 = uniform)
-
-  # Mixing-based self-training with a mean teacher: DACS's ClassMix, DAFormer's feature distance,
-  # MIC's masked images (README "Mixing-based self-training").
-  c.mix = ml_collections.ConfigDict()
-  c.mix.enabled = False
-  # The norm mixed images go through: target | source | batch (their own batch statistics, the
-  # mean affine, no running update; best on the synthetic shift, benchmarks/RESULTS.md).
-  c.mix.norm = "batch"
-  c.mix.teacher_alpha = 0.99  # EMA of the teacher (DACS 0.99; DAFormer, MIC 0.999)
-  c.mix.confidence = 0.968  # pseudo-label weight = share of teacher pixels above this
-  c.mix.augment = True  # colour jitter + Gaussian blur on the mixed image (DACS)
-  c.mix.jitter_strength = 0.2  # colour jitter's strength (DACS 0.25, DAFormer/MIC 0.2)
-  # DAFormer's pseudo-label crop: no weight on the top / bottom rows of the target crop (the
-  # ego car's hood, the image border; DAFormer on GTA5: 15 / 120). 0 = none (DACS).
-  c.mix.pseudo_ignore_top = 0
-  c.mix.pseudo_ignore_bottom = 0
-  c.mix.weight = 1.0  # CE weight of the mixed image
-  c.mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
-  c.mix.mic_block = 64  # MIC's masked patches: block size in pixels and share masked
-  c.mix.mic_ratio = 0.7
-  c.mix.fd_weight = 0.0  # DAFormer: thing-class feature distance to the initial model (0.005)
-
-  # Optimisation (SPEC section 4).
+  # Optimisation (the paper's section 4.3).
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"  # sgd (the references) | adamw (DAFormer/MIC: lr 6e-5, decay 0.01)
   c.optim.lr = 2.5e-4
@@ -136,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.head_patterns = (r"^(aux_head|main_head)/",)
   c.optim.frozen_patterns = ()  # extra regexes of params that never move
   # AdaptSegNet's/ADVENT's optimiser lists each backbone weight several times (once per module
-  # that encloses it) and torch.optim.SGD updates it once per listing (REFERENCE 1.6).
+  # that encloses it) and torch.optim.SGD updates it once per listing.
   c.optim.reference_duplicate_updates = False
   c.optim.disc_lr = 1e-4
   c.optim.disc_b1 = 0.9
@@ -182,16 +142,8 @@ def get_config() -> ml_collections.ConfigDict:
   # best_on_val (the step eval mode named best in <workdir>/eval/summary.json).
   c.pseudo.checkpoint = "final"
 
-  # AdaBN (mode adabn): target statistics of a source-only model from the target train split.
-  c.adabn = ml_collections.ConfigDict()
-  c.adabn.max_images = 0  # 0 = the whole split
-  c.adabn.output_dir = ""  # "" = <workdir>/adabn
-
-  # IntraDA (mode entropy_rank): rank the target train split by the stage-1 model's entropy
-  # (checkpoint chosen by pseudo.checkpoint), split it easy/hard, pseudo-label the easy part.
-  c.intrada = ml_collections.ConfigDict()
-  c.intrada.lambda_easy = 0.67  # the easy split: the first int(N * lambda) images by score
-  c.intrada.normalize = True  # IntraDA's rare-class normaliser (its published 46.3 uses it)
-  c.intrada.output_dir = ""  # "" = <workdir>/entropy_rank
+  # Each method's entries (loss weights, `mix`, `differential`, `clustering`, `fda`, `adabn`,
+  # `intrada`) come from its own module under seat_jax/methods/.
+  methods.add_config(c)
   return c
 

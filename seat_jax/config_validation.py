@@ -6,12 +6,12 @@ from seat_jax import config_defaults
 from seat_jax import datasets
 from seat_jax import errors
 from seat_jax import labels
+from seat_jax import methods
 from seat_jax import models
 from seat_jax import optim
 from seat_jax import predict
-from seat_jax import pseudo_labels
+from seat_jax import pseudo_label_rules
 from seat_jax import train_step
-from seat_jax.methods import intrada
 
 # Each choice list is owned by the module that acts on it.
 CHOICES = {
@@ -26,10 +26,9 @@ CHOICES = {
     "data.source.name": datasets.NAMES,
     "data.target.name": datasets.NAMES,
     "data.val.name": datasets.NAMES,
-    "pseudo.rule": pseudo_labels.RULES,
-    "pseudo.checkpoint": pseudo_labels.CHECKPOINT_SELECTIONS,
+    "pseudo.rule": pseudo_label_rules.RULES,
+    "pseudo.checkpoint": pseudo_label_rules.CHECKPOINT_SELECTIONS,
     "optim.name": optim.SEGMENTER_OPTIMIZERS,
-    "mix.norm": tuple(train_step.MIX_NORMS),
     "init_domain": ("",) + models.DOMAINS,
 }
 PLACEHOLDER = "REQUIRED"
@@ -107,24 +106,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "--out=$HOME/weights/deeplab_init\n"
         "    then add --config.init_from=$HOME/weights/deeplab_init (docs: 'Pretrained "
         f"weights'); or --config.init_from={SCRATCH} to train from random weights on purpose")
-  problems += intrada.config_problems(config)
+  problems += methods.problems(config)
   if config.train.batch_size < 1:
     problems.append("config.train.batch_size must be >= 1")
   if num_devices and config.mode == "train" and config.train.batch_size % num_devices:
     problems.append(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
                     f"the {num_devices} devices (the batch is split across them)")
-  problems += _fda_problems(config)
-  problems += _mix_problems(config)
+  problems += _ensemble_problems(config)
   if problems:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def _fda_problems(config) -> list[str]:
-  """FDA's keys: the robust entropy's exponent and the ensemble's weights (one per model)."""
+def _ensemble_problems(config) -> list[str]:
+  """Evaluating several runs' average (FDA's MBT): one weight per model, no single checkpoint."""
   problems = []
-  if config.loss.get("robust_entropy_weight", 0.0) and config.loss.robust_entropy_eta <= 0:
-    problems.append(f"config.loss.robust_entropy_eta={config.loss.robust_entropy_eta} must be "
-                    "> 0 (FDA: 2.0)")
   paths = predict.ensemble_paths(config.eval.get("ensemble", ()))
   weights = tuple(config.eval.get("ensemble_weights", ()))
   if weights and len(weights) != len(paths):
@@ -134,23 +129,4 @@ def _fda_problems(config) -> list[str]:
   if paths and config.eval.checkpoint:
     problems.append("config.eval.checkpoint and config.eval.ensemble are both set; clear one "
                     "(--config.eval.checkpoint='')")
-  return problems
-
-
-def _mix_problems(config) -> list[str]:
-  """Mixing-based self-training: the teacher, the mixed images' norm, MIC's masks."""
-  problems = []
-  mix = config.mix
-  if not 0.0 <= mix.teacher_alpha < 1.0:
-    problems.append(f"config.mix.teacher_alpha={mix.teacher_alpha} must be in [0, 1) "
-                    "(DACS 0.99, DAFormer/MIC 0.999)")
-  if not 0.0 <= mix.mic_ratio < 1.0 or mix.mic_block < 1:
-    problems.append(f"config.mix.mic_ratio={mix.mic_ratio} must be in [0, 1) and "
-                    f"config.mix.mic_block={mix.mic_block} >= 1 (MIC: 0.7, 64)")
-  if mix.mic_weight and not mix.enabled:
-    problems.append("config.mix.mic_weight is set but config.mix.enabled is False: MIC's masked "
-                    "images are labelled by the mixing teacher; add --config.mix.enabled=True")
-  if mix.enabled and mix.norm == "batch" and not config.model.bn_train_stats:
-    problems.append("config.mix.norm='batch' normalises with batch statistics, which "
-                    "config.model.bn_train_stats=False turns off; choose target or source")
   return problems

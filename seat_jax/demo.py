@@ -13,12 +13,12 @@ preset), then stage 2 (self-training, re-initialised to the pretrained init, on 
 from SEAT with the layer switch, evaluated with it too, as in the paper's pipeline), then DACS
 with SEAT norms (mixing-based self-training with an EMA teacher, the best mixing variant on this
 shift; benchmarks/RESULTS.md), and prints one table of target validation IoU, the pretrained
-init's own score first. Everything lands in --workdir.
+init's own score first. Everything lands in --workdir; a rerun keeps every finished part
+(`seat_jax.recipes.parts`) and resumes a training that stopped half-way.
 """
 
 import sys
 
-import ml_collections
 from absl import flags
 from etils import epath
 
@@ -64,20 +64,6 @@ def run_config(row: str, data_dir: str, steps: int | None, size: str,
   return config
 
 
-def evaluate_final(config: ml_collections.ConfigDict, workdir: epath.Path,
-                   source_stages: tuple[int, ...] = (), out_dir: epath.Path | None = None) -> dict:
-  """The final step of the run in `workdir`, with the layer switch `source_stages`.
-
-  Results go to <out_dir or workdir>/eval.
-  """
-  from seat_jax import evaluate  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.eval.step = config.train.num_steps
-  config.eval.source_stages = source_stages
-  config.eval.checkpoint = str(workdir)
-  return evaluate.evaluate_checkpoints(config, out_dir or workdir)["final"]
-
-
 def results_table(results: dict[str, dict]) -> str:
   """Markdown: per-class IoU (%) of every run side by side, mIoU last."""
   from seat_jax import labels, reports  # pylint: disable=g-import-not-at-top,multiple-imports
@@ -88,7 +74,8 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
              batch_size: int | None = None, seed: int | None = None) -> dict[str, dict]:
   """Runs the whole demo in `workdir`; returns the final evaluation of every run by title."""
   # pylint: disable-next=g-import-not-at-top,multiple-imports
-  from seat_jax import datasets, progress, pseudo_labels, presets, train
+  from seat_jax import datasets, progress, pseudo_labels, presets
+  from seat_jax.recipes import parts
 
   workdir = epath.Path(workdir).absolute()
   data_dir = str(workdir / "tfds")
@@ -115,19 +102,21 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
   title, name, row = PRETRAIN_RUN
   begin(f"Pretraining the init every run starts from ({workdir / name}; reused when present)")
   pretrain = run_config(row, data_dir, steps, size, batch_size, seed=seed)
-  train.train_and_evaluate(pretrain, init)
+  parts.train_part("Pretraining", pretrain, init)
   results, configs = {}, {}
-  results[title] = evaluate_final(make_config("shared"), epath.Path(init))
+  results[title] = parts.eval_part("The init on the target", make_config("shared"), init,
+                                   source_stages=())
 
   for title, name, norm_mode in RUNS:
     begin(f"Training {title} ({norm_mode} norm)")
     configs[name] = make_config(norm_mode)
-    train.train_and_evaluate(configs[name], str(workdir / name))
-    results[title] = evaluate_final(configs[name], workdir / name)
+    parts.train_part(title, configs[name], workdir / name)
+    results[title] = parts.eval_part(title, configs[name], workdir / name, source_stages=())
 
   begin(f"Evaluating SEAT with the layer switch ({ls_name}: source norms in those stages)")
-  results[f"SEAT + {ls_name}"] = evaluate_final(configs["seat"], workdir / "seat", switch,
-                                                out_dir=workdir / "seat_layer_switch")
+  results[f"SEAT + {ls_name}"] = parts.eval_part(
+      f"SEAT + {ls_name}", configs["seat"], workdir / "seat",
+      out_dir=workdir / "seat_layer_switch", source_stages=switch)
 
   begin(f"Pseudo-labels from the SEAT model with {ls_name} on the target train split")
   # BDL's per-class median (capped at 0.9) rather than the paper's global 0.9: a 300-step tiny
@@ -135,23 +124,24 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
   # in stage 1 -> 0.0 after stage 2 when measured with the global rule).
   configs["seat"].pseudo.rule = "class_quantile"
   configs["seat"].eval.source_stages = switch
-  pseudo_labels.generate(configs["seat"], str(workdir / "seat"))
+  parts.run_part("pseudo_labels", "Pseudo-labels", workdir / "seat",
+                 lambda d: pseudo_labels.generate(configs["seat"], str(d)))
 
   begin("Stage 2: SEAT re-initialised to the init, trained on source labels + target "
         "pseudo-labels")
   stage2 = presets.stage2(make_config("seat"))  # init_from: the pretrained init
   stage2.eval.source_stages = switch  # its periodic evaluation, like the final one
   stage2.data.target.pseudo_label_dir = str(workdir / "seat" / "pseudo_labels")
-  train.train_and_evaluate(stage2, str(workdir / "seat_stage2"))
+  parts.train_part("Stage 2", stage2, workdir / "seat_stage2")
   begin(f"Evaluating stage 2 with {ls_name}")
-  results[f"SEAT + {ls_name} + self-training"] = evaluate_final(
-      stage2, workdir / "seat_stage2", switch)
+  results[f"SEAT + {ls_name} + self-training"] = parts.eval_part(
+      "Stage 2", stage2, workdir / "seat_stage2", source_stages=switch)
 
   title, name, row = MIXING_RUN
   begin(f"Training {title} (ClassMix with an EMA teacher, mixed images in their own batch norm)")
   configs[name] = make_config(row)
-  train.train_and_evaluate(configs[name], str(workdir / name))
-  results[title] = evaluate_final(configs[name], workdir / name)
+  parts.train_part(title, configs[name], workdir / name)
+  results[title] = parts.eval_part(title, configs[name], workdir / name, source_stages=())
 
   table = results_table(results)
   (workdir / "results.md").write_text(

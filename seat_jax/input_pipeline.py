@@ -55,6 +55,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from seat_jax import batch as batch_keys
 from seat_jax import datasets
 from seat_jax import device_preprocessing as dp
 from seat_jax import errors
@@ -72,8 +73,8 @@ PREPROCESS_ON = ("device", "host")
 AUTO_WORKERS = -1
 
 # The keys of the global batch the train step reads.
-SOURCE_IMAGE, SOURCE_LABEL = "source_image", "source_label"
-TARGET_IMAGE, TARGET_LABEL = "target_image", "target_label"
+SOURCE_IMAGE, SOURCE_LABEL = batch_keys.SOURCE_IMAGE, batch_keys.SOURCE_LABEL
+TARGET_IMAGE, TARGET_LABEL = batch_keys.TARGET_IMAGE, batch_keys.TARGET_LABEL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,11 +164,6 @@ def label_lut(label_space: str, dataset_name: str) -> np.ndarray | None:
     raise errors.UsageError(
         f"config.data.label_space={label_space!r} cannot be read from dataset {dataset_name!r}, "
         f"which stores {stored} labels; expected one of {labels.LABEL_SPACES}.") from None
-
-
-def target_has_labels(config) -> bool:
-  """Whether the target stream carries labels: stage 2's pseudo-labels."""
-  return bool(config.data.target.get("pseudo_label_dir", ""))
 
 
 def domain_pseudo_label_dir(config, domain: str) -> str:
@@ -755,7 +751,7 @@ class TrainingBatches:
 
   Yields {SOURCE_IMAGE, SOURCE_LABEL[, TARGET_IMAGE[, TARGET_LABEL]]} as global jax.Arrays
   sharded by `sharding`. A source-only run reads no target; the target carries labels only in
-  stage 2 (`target_has_labels`). With config.data.preprocess_on='device' the host batches are
+  stage 2 (`batch.target_has_labels`). With config.data.preprocess_on='device' the host batches are
   raw uint8 pixels and draws, and one jitted call per step (sharded like the batch, dispatched
   asynchronously ahead of the step) turns them into model inputs. `get_state()` / `set_state()`
   are the streams' positions, the JSON the checkpoints keep so a resumed run sees the same
@@ -766,7 +762,7 @@ class TrainingBatches:
     domains = DOMAINS if with_target else ("source",)
     self.iterators = {
         domain: create_train_iterator(config, domain, seed=config.seed) for domain in domains}
-    self.target_labels = with_target and target_has_labels(config)
+    self.target_labels = with_target and batch_keys.target_has_labels(config)
     self.sharding = sharding
     self.device_fn = None
     if preprocess_on(config) == "device":

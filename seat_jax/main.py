@@ -2,7 +2,7 @@
 
 Kept short on purpose: it parses flags, starts `jax.distributed` on multi-process launches
 (SLURM, Open MPI, or by hand with --coordinator_address, --num_processes and --process_id) and
-hands the config to training, evaluation or pseudo-labelling (`--config.mode`).
+hands the config to the part or recipe that `--config.mode` names (`seat_jax.recipes`).
 """
 
 import os
@@ -78,21 +78,8 @@ def run(argv: list[str]) -> int:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (clu's writers import it)
   tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take GPU memory from JAX.
 
-  if config.mode == "train":
-    from seat_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, _WORKDIR.value)
-  elif config.mode == "adabn":
-    from seat_jax.methods import adabn  # pylint: disable=g-import-not-at-top
-    adabn.adapt(config, _WORKDIR.value)
-  elif config.mode == "entropy_rank":
-    from seat_jax.methods import intrada  # pylint: disable=g-import-not-at-top
-    intrada.rank_target_split(config, _WORKDIR.value)
-  elif config.mode == "eval":
-    from seat_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.evaluate_checkpoints(config, _WORKDIR.value)
-  else:  # pseudo_labels (validate() accepts only config_defaults.MODES)
-    from seat_jax import pseudo_labels  # pylint: disable=g-import-not-at-top
-    pseudo_labels.generate(config, _WORKDIR.value)
+  from seat_jax import recipes  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  recipes.run(config, _WORKDIR.value)
   return 0
 
 

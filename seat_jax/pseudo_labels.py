@@ -1,6 +1,4 @@
-"""Stage-2 pseudo-labels from a stage-1 model: the threshold rules and the pseudo_labels mode.
-
-SPEC section 6, REFERENCE 6.
+"""The pseudo_labels pass: stage-2 pseudo-labels of the target train split from a stage-1 model.
 
 The model (target norm, the configured layer switch) labels every image of the target TRAIN split
 at model size; a pixel keeps its argmax where the confidence (max softmax probability) reaches a
@@ -13,14 +11,12 @@ As in BDL, the softmax is upsampled (align_corners) to the input size before arg
 With `eval.ensemble` the labels come from the weighted mean softmax of several models instead
 (FDA's multi-band transfer: each model's logits upsampled, softmaxed, averaged; `predict`).
 
-The class rule needs the whole split before it can label any image. Storing every confidence would
-take gigabytes (2975 x 512 x 1024 floats for Cityscapes), so confidences are quantised to steps of
-1/65535 and counted in a per-class histogram in a first pass; a second pass recomputes the
-predictions and thresholds them. With quantised confidences the rule is exact, not approximate.
+The class rule needs the whole split before it can label any image (`pseudo_label_rules`): a
+first pass counts quantised confidences per class, a second recomputes the predictions and
+thresholds them.
 """
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -36,113 +32,8 @@ from seat_jax import models
 from seat_jax import predict
 from seat_jax import progress
 from seat_jax import reports
-
-RULES = ("global", "class_quantile")
-CHECKPOINT_SELECTIONS = ("final", "best_on_val")
-CONFIDENCE_LEVELS = 65536  # confidences are stored as round(p * 65535) in the histogram
-
-# --------------------------------------------------------------------------------------------
-# The rules, on numpy arrays.
-# --------------------------------------------------------------------------------------------
-
-
-def apply_class_thresholds(confidence: np.ndarray, prediction: np.ndarray,
-                           thresholds: Sequence[float]) -> np.ndarray:
-  """uint8 labels: the prediction where confidence >= thresholds[prediction], else 255."""
-  confidence = np.asarray(confidence)
-  prediction = np.asarray(prediction).astype(np.int64)
-  thresholds = np.asarray(thresholds, np.float64)
-  if confidence.shape != prediction.shape:
-    raise ValueError(f"confidence shape {confidence.shape} differs from prediction shape "
-                     f"{prediction.shape}.")
-  if prediction.size and (prediction.min() < 0 or prediction.max() >= len(thresholds)):
-    raise ValueError(f"predictions must lie in [0, {len(thresholds)}) (one threshold per class); "
-                     f"found {prediction.min()}..{prediction.max()}.")
-  keep = confidence >= thresholds[prediction]
-  return np.where(keep, prediction, labels.IGNORE_ID).astype(np.uint8)
-
-
-def global_threshold_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
-  """uint8 labels from probabilities [..., C]: the argmax where max prob >= threshold, else 255."""
-  probs = np.asarray(probs)
-  prediction = probs.argmax(axis=-1)
-  confidence = probs.max(axis=-1)
-  return apply_class_thresholds(confidence, prediction, np.full(probs.shape[-1], threshold))
-
-
-def _check_quantile_rule(quantile: float, cap: float) -> None:
-  if not 0.0 <= quantile <= 1.0:
-    raise ValueError(f"config.pseudo.quantile must lie in [0, 1]; got {quantile}.")
-  if not 0.0 <= cap <= 1.0:
-    raise ValueError(f"config.pseudo.cap must lie in [0, 1]; got {cap}.")
-
-
-def _quantile_index(quantile: float, count: int) -> int:
-  """BDL's index round(q * N) into the ascending order (numpy rounding), kept inside the array."""
-  return min(int(np.round(quantile * count)), count - 1)
-
-
-def class_quantile_thresholds(confidence: np.ndarray, prediction: np.ndarray, num_classes: int,
-                              quantile: float, cap: float) -> np.ndarray:
-  """Per-class thresholds [num_classes] from the confidences of a WHOLE split (any shape).
-
-  Class c: the value at index round(quantile * N_c) of the sorted confidences of pixels predicted
-  c, capped at `cap`; 0 for a class never predicted (so its pixels, if any later, are kept).
-  """
-  _check_quantile_rule(quantile, cap)
-  confidence = np.asarray(confidence, np.float64).reshape(-1)
-  prediction = np.asarray(prediction).reshape(-1)
-  thresholds = np.zeros(num_classes, np.float64)
-  for c in range(num_classes):
-    values = np.sort(confidence[prediction == c])
-    if values.size:
-      thresholds[c] = min(values[_quantile_index(quantile, values.size)], cap)
-  return thresholds
-
-
-def quantize_confidence(confidence: np.ndarray) -> np.ndarray:
-  """Confidences rounded to multiples of 1 / (CONFIDENCE_LEVELS - 1), as float64."""
-  return _confidence_levels(confidence) / (CONFIDENCE_LEVELS - 1)
-
-
-def _confidence_levels(confidence: np.ndarray) -> np.ndarray:
-  levels = np.round(np.clip(np.asarray(confidence, np.float64), 0, 1) * (CONFIDENCE_LEVELS - 1))
-  return levels.astype(np.int64)
-
-
-class ConfidenceHistogram:
-  """Per-class histograms of quantised confidence, summed over a split in one streaming pass.
-
-  `thresholds` equals class_quantile_thresholds on quantize_confidence(all confidences).
-  """
-
-  def __init__(self, num_classes: int):
-    self.num_classes = num_classes
-    self.counts = np.zeros((num_classes, CONFIDENCE_LEVELS), np.int64)
-
-  def update(self, confidence: np.ndarray, prediction: np.ndarray) -> None:
-    prediction = np.asarray(prediction).reshape(-1).astype(np.int64)
-    levels = _confidence_levels(confidence).reshape(-1)
-    flat = np.bincount(prediction * CONFIDENCE_LEVELS + levels,
-                       minlength=self.num_classes * CONFIDENCE_LEVELS)
-    self.counts += flat[:self.num_classes * CONFIDENCE_LEVELS].reshape(self.counts.shape)
-
-  def thresholds(self, quantile: float, cap: float) -> np.ndarray:
-    _check_quantile_rule(quantile, cap)
-    thresholds = np.zeros(self.num_classes, np.float64)
-    for c in range(self.num_classes):
-      cumulative = np.cumsum(self.counts[c])
-      count = int(cumulative[-1])
-      if count:
-        level = int(np.searchsorted(cumulative, _quantile_index(quantile, count), side="right"))
-        thresholds[c] = min(level / (CONFIDENCE_LEVELS - 1), cap)
-    return thresholds
-
-
-# --------------------------------------------------------------------------------------------
-# generate: the pseudo_labels mode.
-# --------------------------------------------------------------------------------------------
-
+from seat_jax.pseudo_label_rules import (CHECKPOINT_SELECTIONS, RULES, ConfidenceHistogram,
+                                         apply_class_thresholds, quantize_confidence)
 
 def output_dir(config: ml_collections.ConfigDict, workdir) -> epath.Path:
   return epath.Path(config.pseudo.output_dir or epath.Path(workdir) / "pseudo_labels")

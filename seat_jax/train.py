@@ -23,6 +23,7 @@ from etils import epath
 from seat_jax import checkpointing
 from seat_jax import config_validation
 from seat_jax import errors
+from seat_jax import evaluate
 from seat_jax import input_pipeline
 from seat_jax import progress
 from seat_jax import train_step
@@ -226,7 +227,6 @@ def _flat_hparams(config) -> dict[str, Any]:
 
 
 def _periodic_eval(trainer, state, config, workdir, step, writer) -> None:
-  from seat_jax import evaluate  # pylint: disable=g-import-not-at-top  (heavy; only when used)
   examples = input_pipeline.create_eval_iterator(
       config, max_examples=config.train.eval_max_examples)
   results = evaluate.evaluate(trainer.model, jax.device_get(state.model_variables()), examples,

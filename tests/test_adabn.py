@@ -16,6 +16,7 @@ from seat_jax import checkpointing
 from seat_jax import datasets
 from seat_jax import evaluate
 from seat_jax import models
+from seat_jax import adabn_statistics
 from seat_jax.methods import adabn
 
 MODEL_HW = (32, 48)
@@ -56,7 +57,7 @@ def test_stem_statistics_equal_the_population_moments_of_the_conv_responses():
   from seat_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   examples = list(input_pipeline.create_eval_iterator(config, config.data.target,
                                                       data_source=target_split()))
-  stats = adabn.target_statistics(model, variables, examples, enabled=False)
+  stats = adabn_statistics.target_statistics(model, variables, examples, enabled=False)
 
   # Independent: the stem conv in PyTorch on the same inputs, moments over all pixels of all images.
   kernel = np.asarray(variables["params"]["conv1"]["kernel"]).transpose(3, 2, 0, 1)
@@ -81,7 +82,7 @@ def test_adabn_mode_replaces_only_the_target_statistics_and_evaluates(norm_mode,
   split = target_split()
   monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: split)
 
-  summary = adabn.adapt(config, tmp_path / "run")
+  summary = adabn_statistics.adapt(config, tmp_path / "run")
   assert summary["step"] == 5 and summary["num_images"] == 3
   assert json.loads((tmp_path / "run" / "adabn" / "summary.json").read_text()) == summary
   adapted = checkpointing.restore_model(tmp_path / "run" / "adabn" / "checkpoints",
@@ -104,4 +105,4 @@ def test_adabn_on_an_empty_split_is_a_clear_error():
   config = tiny_config("seat")
   model = models.build_segmenter(config.model)
   with pytest.raises(ValueError, match="no images"):
-    adabn.target_statistics(model, helpers.random_variables(model, 0), [], enabled=False)
+    adabn_statistics.target_statistics(model, helpers.random_variables(model, 0), [], enabled=False)

@@ -30,10 +30,13 @@ from seat_jax import models
 from seat_jax import optim
 from seat_jax import predict
 from seat_jax import presets
+from seat_jax import pseudo_label_rules
 from seat_jax import pseudo_labels
 from seat_jax import train
 from seat_jax import train_step
 from seat_jax.methods import fda
+from seat_jax.recipes import fda_rounds
+from seat_jax.recipes import parts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IGNORE = 255
@@ -237,12 +240,12 @@ def _mbt_split(rng):
 def test_mbt_thresholds_follow_getsudolabel_multi():
   prob, label = _mbt_split(np.random.default_rng(5))
   expected_thr = fda_thresholds(prob, label, 5)
-  thresholds = pseudo_labels.class_quantile_thresholds(prob, label, 5, fda.MBT_QUANTILE,
+  thresholds = pseudo_label_rules.class_quantile_thresholds(prob, label, 5, fda.MBT_QUANTILE,
                                                        fda.MBT_CAP)
   np.testing.assert_array_equal(thresholds, expected_thr)
   assert thresholds[0] == np.sort(prob[label == 0])[16]  # not [17]: numpy rounds 16.5 to 16
   assert thresholds[1] == 0.9 and thresholds[2] == 0.7 and thresholds[3] == 0.0
-  ours = pseudo_labels.apply_class_thresholds(prob, label, thresholds)
+  ours = pseudo_label_rules.apply_class_thresholds(prob, label, thresholds)
   np.testing.assert_array_equal(ours, fda_labels(prob, label, expected_thr))
   assert (ours[label == 2] == 2).sum() == 10  # equal to the threshold is kept
   # Pooled over the split: thresholds from one image alone differ.
@@ -390,7 +393,8 @@ def test_rounds_are_named_chained_and_resumable(tmp_path, monkeypatch):
                                    helpers.random_variables(model, len(trained), head_kernel_scale=0.03), {}, step=2)
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
-  results = fda.run_rounds(config, tmp_path / "fda", rounds=1, betas=(0.01, 0.09))
+  config.fda.rounds, config.fda.betas = 1, (0.01, 0.09)
+  results = fda_rounds.run(config, tmp_path / "fda")
   base = tmp_path / "fda"
   t0_labels = str(base / "t0_mbt" / "pseudo_labels")
   assert trained == [(str(base / "t0_b001"), 0.01, "", 1.0, "/ckpt/init"),
@@ -403,11 +407,14 @@ def test_rounds_are_named_chained_and_resumable(tmp_path, monkeypatch):
       str(base / "t0_b001" / "checkpoints"), str(base / "t0_b009" / "checkpoints")]
   assert summary["quantile"] == 0.66 and summary["cap"] == 0.9
   assert not (base / "t1_mbt" / "pseudo_labels").exists()  # the last round labels nothing
-  # Rerun: training resumes (here: nothing to do), finished labels and scores are kept.
+  # Rerun: every finished part (training, labels, scores) is kept.
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("training redone"))
   monkeypatch.setattr(pseudo_labels, "generate", lambda *a: pytest.fail("labels redone"))
   monkeypatch.setattr(evaluate, "evaluate_checkpoints", lambda *a: pytest.fail("eval redone"))
   monkeypatch.setattr(evaluate, "evaluate_ensemble", lambda *a: pytest.fail("eval redone"))
-  assert fda.run_rounds(config, tmp_path / "fda", rounds=1, betas=(0.01, 0.09)) == results
+  again = fda_rounds.run(config, tmp_path / "fda")
+  assert ({k: parts.mean_scores(v) for k, v in again.items()}
+          == {k: parts.mean_scores(v) for k, v in results.items()})
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from seat_jax import config_defaults
 from seat_jax import config_validation
 from seat_jax import datasets
 from seat_jax import device_preprocessing as dp
+from seat_jax import entropy_rank
 from seat_jax import errors
 from seat_jax import input_pipeline as ip
 from seat_jax import labels
@@ -311,7 +312,7 @@ def test_entropy_rank_mode_writes_the_split_and_the_easy_pseudo_labels(tmp_path,
   checkpointing.save_variables(tmp_path / "checkpoints", variables, {}, step=5)
   stored = _stored_split()
   monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: stored)
-  summary = intrada.rank_target_split(config, tmp_path)
+  summary = entropy_rank.rank_target_split(config, tmp_path)
 
   # Independent: the model's own logits through the PyTorch reference, one image at a time.
   names, scores, label_of = [], [], {}
@@ -345,7 +346,7 @@ def test_entropy_rank_mode_writes_the_split_and_the_easy_pseudo_labels(tmp_path,
 
   # A rerun with the same settings finds the finished ranking and predicts nothing.
   monkeypatch.setattr(intrada, "make_rank_fn", None)
-  assert intrada.rank_target_split(config, tmp_path) == summary
+  assert entropy_rank.rank_target_split(config, tmp_path) == summary
 
 
 def test_entropy_rank_best_on_val_needs_eval_mode_first(tmp_path, monkeypatch):
@@ -355,10 +356,10 @@ def test_entropy_rank_best_on_val_needs_eval_mode_first(tmp_path, monkeypatch):
   checkpointing.save_variables(tmp_path / "checkpoints", _soft_variables(model, 1), {}, step=2)
   monkeypatch.setattr(datasets, "open_data_source", lambda *args, **kwargs: _stored_split(3))
   with pytest.raises(FileNotFoundError, match=r"eval/summary.json: run eval mode first"):
-    intrada.rank_target_split(config, tmp_path)
+    entropy_rank.rank_target_split(config, tmp_path)
   config.data.label_space, config.model.num_classes = "synthia16", 16
   with pytest.raises(errors.UsageError, match=r"normalize=True is defined for cityscapes19"):
-    intrada.rank_target_split(config, tmp_path)
+    entropy_rank.rank_target_split(config, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_feature_space_losses_run_in_the_step_and_reach_the_segmenter(overrides,
   for name in metric_names:
     assert any(name in k for k in metrics), (name, sorted(metrics))
   assert all(np.isfinite(float(v)) for v in metrics.values())
-  off = {**weights, **{k: jnp.float32(0.0) for k in train_step.LOSS_WEIGHT_KEYS
+  off = {**weights, **{k: jnp.float32(0.0) for k in weights
                        if k in ("stuff_weight", "thing_weight", "cluster", "ortho", "sparse",
                                 "entropy")}}
   states_off, _ = _run(state, step, off, steps=3, num_classes=num_classes)

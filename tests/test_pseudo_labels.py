@@ -15,6 +15,7 @@ from seat_jax import datasets
 from seat_jax import input_pipeline
 from seat_jax import models
 from seat_jax import predict
+from seat_jax import pseudo_label_rules
 from seat_jax import pseudo_labels
 
 IGNORE = 255
@@ -32,10 +33,10 @@ def test_global_threshold_keeps_confident_argmax_only():
       [[0.00, 0.00, 1.00], [0.05, 0.95, 0.00], [0.50, 0.45, 0.05]],
   ])
   expected = np.array([[0, IGNORE, IGNORE], [2, 1, IGNORE]])  # 0.90 >= 0.9 is kept
-  labels = pseudo_labels.global_threshold_labels(probs, 0.9)
+  labels = pseudo_label_rules.global_threshold_labels(probs, 0.9)
   np.testing.assert_array_equal(labels, expected)
   assert labels.dtype == np.uint8
-  np.testing.assert_array_equal(pseudo_labels.global_threshold_labels(probs, 0.5),
+  np.testing.assert_array_equal(pseudo_label_rules.global_threshold_labels(probs, 0.5),
                                 [[0, 1, IGNORE], [2, 1, 0]])
 
 
@@ -49,11 +50,11 @@ PREDICTION = np.array([[0, 0, 1, 0], [1, 0, 1, 2]])
     (0.66, 0.8, 0.3),  # index round(2.64) = 3; class 2: round(0.66) = 1 is clamped to 0
 ])
 def test_class_quantile_thresholds_by_hand(quantile, class0, class2):
-  thresholds = pseudo_labels.class_quantile_thresholds(CONFIDENCE, PREDICTION, 4, quantile, 0.9)
+  thresholds = pseudo_label_rules.class_quantile_thresholds(CONFIDENCE, PREDICTION, 4, quantile, 0.9)
   # Class 1: sorted [.95 .97 .99], index round(1.5) = 2 or round(1.98) = 2 -> .99, capped at 0.9;
   # class 3 is never predicted -> 0.
   np.testing.assert_allclose(thresholds, [class0, 0.9, class2, 0.0])
-  labels = pseudo_labels.apply_class_thresholds(CONFIDENCE, PREDICTION, thresholds)
+  labels = pseudo_label_rules.apply_class_thresholds(CONFIDENCE, PREDICTION, thresholds)
   if quantile == 0.5:
     expected = [[0, IGNORE, 1, 0], [1, IGNORE, 1, 2]]
   else:
@@ -64,15 +65,15 @@ def test_class_quantile_thresholds_by_hand(quantile, class0, class2):
 def test_class_quantile_cap_and_rounding_follow_bdl():
   # 5 pixels of class 0: round(0.5 * 5) = round(2.5) = 2 (numpy rounds half to even).
   confidence = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-  thresholds = pseudo_labels.class_quantile_thresholds(confidence, np.zeros(5, int), 1, 0.5, 0.9)
+  thresholds = pseudo_label_rules.class_quantile_thresholds(confidence, np.zeros(5, int), 1, 0.5, 0.9)
   assert thresholds[0] == pytest.approx(0.3)
   # The cap binds only when the quantile is above it.
-  thresholds = pseudo_labels.class_quantile_thresholds(confidence, np.zeros(5, int), 1, 0.5, 0.25)
+  thresholds = pseudo_label_rules.class_quantile_thresholds(confidence, np.zeros(5, int), 1, 0.5, 0.25)
   assert thresholds[0] == pytest.approx(0.25)
   with pytest.raises(ValueError, match="quantile must lie in"):
-    pseudo_labels.class_quantile_thresholds(confidence, np.zeros(5, int), 1, 1.5, 0.9)
+    pseudo_label_rules.class_quantile_thresholds(confidence, np.zeros(5, int), 1, 1.5, 0.9)
   with pytest.raises(ValueError, match=r"predictions must lie in \[0, 1\)"):
-    pseudo_labels.apply_class_thresholds(confidence, np.ones(5, int), [0.5])
+    pseudo_label_rules.apply_class_thresholds(confidence, np.ones(5, int), [0.5])
 
 
 def test_streaming_histogram_equals_the_whole_split_rule_on_quantised_confidences():
@@ -85,16 +86,16 @@ def test_streaming_histogram_equals_the_whole_split_rule_on_quantised_confidence
     histogram.update(confidence[image], prediction[image])
   for quantile in (0.5, 0.66):
     streamed = histogram.thresholds(quantile, 0.9)
-    whole = pseudo_labels.class_quantile_thresholds(
-        pseudo_labels.quantize_confidence(confidence), prediction, num_classes, quantile, 0.9)
+    whole = pseudo_label_rules.class_quantile_thresholds(
+        pseudo_label_rules.quantize_confidence(confidence), prediction, num_classes, quantile, 0.9)
     np.testing.assert_array_equal(streamed, whole)
-    exact = pseudo_labels.class_quantile_thresholds(
+    exact = pseudo_label_rules.class_quantile_thresholds(
         confidence, prediction, num_classes, quantile, 0.9)
     np.testing.assert_allclose(streamed, exact, atol=0.5 / 65535 + 1e-7)
     assert streamed[3] == 0.0 and streamed.max() <= 0.9
   # Thresholds come from the whole split: one image alone gives other values.
-  first = pseudo_labels.class_quantile_thresholds(
-      pseudo_labels.quantize_confidence(confidence[0]), prediction[0], num_classes, 0.5, 0.9)
+  first = pseudo_label_rules.class_quantile_thresholds(
+      pseudo_label_rules.quantize_confidence(confidence[0]), prediction[0], num_classes, 0.5, 0.9)
   assert not np.array_equal(first, histogram.thresholds(0.5, 0.9))
 
 
@@ -192,8 +193,8 @@ def test_generate_writes_pseudo_labels_the_pipeline_reads(workdir_with_checkpoin
   prediction = np.stack([p for p, _ in outputs])
   confidence = np.stack([c for _, c in outputs])
   if rule == "class_quantile":
-    quantised = pseudo_labels.quantize_confidence(confidence)
-    thresholds = pseudo_labels.class_quantile_thresholds(quantised, prediction, 19, 0.5, 0.9)
+    quantised = pseudo_label_rules.quantize_confidence(confidence)
+    thresholds = pseudo_label_rules.class_quantile_thresholds(quantised, prediction, 19, 0.5, 0.9)
     expected = np.where(quantised >= thresholds[prediction], prediction, IGNORE)
   else:
     thresholds = np.full(19, 0.75)

@@ -21,6 +21,7 @@ everywhere instead of the reference's +inf row. Two cases where the reference re
 finite values here (see `cluster_terms` and `sparsity_loss`).
 """
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seat_jax import models
+from seat_jax.methods import base
 
 # README commands of LTTM/UDAclustering for ResNet-101 (`tools/train_UDA.py` flags lambda_cluster,
 # lambda_ortho, lambda_sparse, lambda_entropy, IW_ratio; IW_ratio defaults to 0.2).
@@ -245,3 +247,43 @@ def clustering_losses(feat_s: jax.Array, feat_t: jax.Array, probs_s: jax.Array,
              "f_dist_target": f_dist_t, "ortho": ortho, "sparse": sparse,
              "iw_max_square": entropy}
   return jnp.asarray(total, jnp.float32), metrics
+
+
+# --------------------------------------------------------------------------------------------
+# The step's plug-in.
+
+WEIGHT_KEYS = ("cluster", "ortho", "sparse", "entropy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Clustering(base.Method):
+  """On the target pass: the four terms of `clustering_losses` on both domains' features."""
+  needs_target_pass = True
+  needs_source_features = True
+  needs_target_features = True
+
+  @staticmethod
+  def add_config(config):
+    # Toldo et al. 2021: clustering, orthogonality and sparsity losses on layer4 features plus an
+    # image-wise weighted MaxSquare entropy on the target. All 0 = off (presets set the values).
+    c = base.section(config, "clustering")
+    c.cluster = 0.0  # clustering term weight (GTA5 0.02)
+    c.ortho = 0.0  # orthogonality term weight (GTA5 2.0, SYNTHIA 0.1)
+    c.sparse = 0.0  # sparsity term weight (GTA5 0.5, SYNTHIA 1.0)
+    c.entropy = 0.0  # IW-MaxSquare term weight (GTA5 0.1, SYNTHIA 0.05)
+    c.iw_ratio = 0.2  # MaxSquare's image-wise class weighting exponent (0 = uniform)
+
+  @staticmethod
+  def enabled(config):
+    return any(bool(config.clustering[k]) for k in WEIGHT_KEYS)
+
+  @staticmethod
+  def weights(config):
+    return {k: config.clustering[k] for k in WEIGHT_KEYS + ("iw_ratio",)}
+
+  def target_terms(self, ctx):
+    source, target = ctx.source, ctx.target
+    return clustering_losses(
+        source.features, target.features, jax.nn.softmax(source.main, axis=-1),
+        jax.nn.softmax(target.main, axis=-1),
+        {k: ctx.weights[k] for k in WEIGHT_KEYS + ("iw_ratio",)})

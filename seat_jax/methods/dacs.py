@@ -13,6 +13,7 @@ DAFormer differ it is said at the function. Images are model inputs: float32 NHW
 Caffe mean on the 0-255 scale; labels int [N, H, W] with 255 = ignore.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -20,8 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seat_jax import batch as batch_keys
 from seat_jax.device_preprocessing import CAFFE_MEAN_BGR
 from seat_jax.labels import IGNORE_ID
+from seat_jax.methods import base
+from seat_jax.methods import mic
+from seat_jax.models import seat_norm
 
 # Teacher EMA: DACS hard-codes 0.99 (trainUDA.py); DAFormer's final recipe and MIC use 0.999.
 DACS_ALPHA = 0.99
@@ -338,3 +343,140 @@ def strong_augment(key, images, jitter_strength: float = DAFORMER_JITTER_STRENGT
     do_blur = jax.random.uniform(k_blur) < blur_probability
     images = lax.cond(do_blur, lambda x: gaussian_blur_with_sigma(x, sigma), lambda x: x, images)
   return images
+
+
+# ---------------------------------------------------------------------------------------------
+# The step's plug-in: DACS's ClassMix with an EMA teacher, and MIC's masked target image.
+
+# How mixed images are normalised (config mix.norm): as target images, as source images, or with
+# their own batch statistics and the mean affine (seat_norm.MIXED).
+MIX_NORMS = {"target": "target", "source": "source", "batch": seat_norm.MIXED}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixing(base.Method):
+  """Mixing-based self-training on the source pass: the teacher labels the clean target batch,
+  ClassMix pastes half of each source image's classes onto it, the student learns the mixed
+  image (and, with MIC, the masked target image); the teacher then follows the student (EMA)."""
+  mix_norm: str = "target"
+  augment: bool = True
+  jitter_strength: float = 0.2
+  pseudo_ignore_rows: tuple[int, int] = (0, 0)  # DAFormer's pseudo-label crop (top, bottom)
+  mic: bool = False
+  mic_block: int = 64
+  mic_ratio: float = 0.7
+  num_classes: int = 19
+  needs_target_images = True
+
+  @staticmethod
+  def add_config(config):
+    mix = base.section(config, "mix")
+    mix.enabled = False  # ClassMix with an EMA teacher (DACS; DAFormer and MIC build on it)
+    # The norm mixed images go through: target | source | batch (their own batch statistics, the
+    # mean affine, no running update; best on the synthetic shift, benchmarks/RESULTS.md).
+    mix.norm = "batch"
+    mix.teacher_alpha = 0.99  # EMA of the teacher (DACS 0.99; DAFormer, MIC 0.999)
+    mix.confidence = 0.968  # pseudo-label weight = share of teacher pixels above this
+    mix.augment = True  # colour jitter + Gaussian blur on the mixed image (DACS)
+    mix.jitter_strength = 0.2  # colour jitter's strength (DACS 0.25, DAFormer/MIC 0.2)
+    # DAFormer's pseudo-label crop: no weight on the top / bottom rows of the target crop (the
+    # ego car's hood, the image border; DAFormer on GTA5: 15 / 120). 0 = none (DACS).
+    mix.pseudo_ignore_top = 0
+    mix.pseudo_ignore_bottom = 0
+    mix.weight = 1.0  # CE weight of the mixed image
+    mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
+    mix.mic_block = 64  # MIC's masked patches: block size in pixels
+    mix.mic_ratio = 0.7  # MIC's masked patches: share of blocks masked
+
+  @staticmethod
+  def enabled(config):
+    return bool(config.mix.enabled)
+
+  @staticmethod
+  def problems(config):
+    problems, mix = [], config.mix
+    if mix.norm not in MIX_NORMS:
+      problems.append(f"config.mix.norm={mix.norm!r} is not one of {tuple(MIX_NORMS)}")
+    if not 0.0 <= mix.teacher_alpha < 1.0:
+      problems.append(f"config.mix.teacher_alpha={mix.teacher_alpha} must be in [0, 1) "
+                      "(DACS 0.99, DAFormer/MIC 0.999)")
+    if not 0.0 <= mix.mic_ratio < 1.0 or mix.mic_block < 1:
+      problems.append(f"config.mix.mic_ratio={mix.mic_ratio} must be in [0, 1) and "
+                      f"config.mix.mic_block={mix.mic_block} >= 1 (MIC: 0.7, 64)")
+    if mix.mic_weight and not mix.enabled:
+      problems.append("config.mix.mic_weight is set but config.mix.enabled is False: MIC's "
+                      "masked images are labelled by the mixing teacher; add "
+                      "--config.mix.enabled=True")
+    if mix.enabled and mix.norm == "batch" and not config.model.bn_train_stats:
+      problems.append("config.mix.norm='batch' normalises with batch statistics, which "
+                      "config.model.bn_train_stats=False turns off; choose target or source")
+    return problems
+
+  @staticmethod
+  def weights(config):
+    mix = config.mix
+    return {"mix_weight": mix.weight, "mix_confidence": mix.confidence,
+            "teacher_alpha": mix.teacher_alpha, "mic_weight": mix.mic_weight}
+
+  @classmethod
+  def from_config(cls, config):
+    mix = config.mix
+    return cls(mix_norm=mix.norm, augment=bool(mix.augment),
+               jitter_strength=float(mix.jitter_strength),
+               pseudo_ignore_rows=(int(mix.pseudo_ignore_top), int(mix.pseudo_ignore_bottom)),
+               mic=bool(mix.mic_weight), mic_block=int(mix.mic_block),
+               mic_ratio=float(mix.mic_ratio), num_classes=int(config.model.num_classes))
+
+  def init_state(self, variables):
+    return {"teacher": base.copy_tree(variables)}
+
+  def source_terms(self, ctx):
+    w, forward, up = ctx.weights, ctx.forward, ctx.upsample
+    src_img, tgt_img = ctx.batch[batch_keys.SOURCE_IMAGE], ctx.batch[batch_keys.TARGET_IMAGE]
+    src_lbl = ctx.batch[batch_keys.SOURCE_LABEL]
+    key_mix, key_aug, key_mic = jax.random.split(ctx.key, 3)
+    teacher = lax.stop_gradient(ctx.method_state["teacher"])
+    # The teacher sees the clean target batch with the target norm's batch statistics (DACS's
+    # teacher runs in train mode); its running statistics are an EMA of the student's.
+    _, t_main, _, _ = forward(teacher["params"], teacher["batch_stats"], tgt_img, "target",
+                              keep_stats=False)
+    t_probs = jax.nn.softmax(up(t_main, tgt_img), axis=-1)
+    pseudo, weight = pseudo_labels_and_weight(t_probs, w["mix_confidence"],
+                                              *self.pseudo_ignore_rows)
+    mask = class_mix_masks(key_mix, src_lbl, self.num_classes)
+    mixed_img = mix(mask, src_img, tgt_img)
+    mixed_lbl = mix(mask, src_lbl, pseudo)
+    mixed_w = mix(mask, jnp.ones_like(weight), weight)
+    if self.augment:
+      mixed_img = strong_augment(key_aug, mixed_img, self.jitter_strength)
+    aux_m, main_m, ctx.batch_stats, _ = forward(ctx.params, ctx.batch_stats, mixed_img,
+                                                MIX_NORMS[self.mix_norm])
+    mix_main = weighted_cross_entropy(up(main_m, mixed_img), mixed_lbl, mixed_w)
+    mix_aux = weighted_cross_entropy(up(aux_m, mixed_img), mixed_lbl, mixed_w)
+    total = w["mix_weight"] * (mix_main + w["aux_weight"] * mix_aux)
+    metrics = {"mix_main": mix_main, "pseudo_weight": jnp.mean(weight)}
+    if self.mic:
+      key_mic, key_mic_aug = jax.random.split(key_mic)
+      masked = tgt_img
+      if self.augment:  # MIC: the masked image gets the mixed image's augmentation
+        masked = strong_augment(key_mic_aug, masked, self.jitter_strength)
+      masked, _ = mic.masking(key_mic, masked, self.mic_block, self.mic_ratio)
+      # Normalised with its batch statistics as a target image; the masked batch's statistics
+      # are not what evaluation meets, so they do not enter the running target statistics.
+      aux_k, main_k, _, _ = forward(ctx.params, ctx.batch_stats, masked, "target",
+                                    keep_stats=False)
+      mic_main = weighted_cross_entropy(up(main_k, masked), pseudo, weight)
+      mic_aux = weighted_cross_entropy(up(aux_k, masked), pseudo, weight)
+      total += w["mic_weight"] * (mic_main + w["aux_weight"] * mic_aux)
+      metrics["mic_main"] = mic_main
+    if self.mix_norm != "target" and not ctx.has_target_pass:
+      # Nothing else shows the student's target norm a target image: a forward pass without
+      # gradient keeps its running target statistics current for evaluation.
+      _, _, ctx.batch_stats, _ = forward(lax.stop_gradient(ctx.params), ctx.batch_stats,
+                                         tgt_img, "target")
+    return total, metrics
+
+  def after_update(self, ctx):
+    ctx.method_state["teacher"] = ema_update(
+        ctx.method_state["teacher"], {"params": ctx.params, "batch_stats": ctx.batch_stats},
+        ctx.step, ctx.weights["teacher_alpha"])

@@ -10,12 +10,16 @@ ImageNet learnt from being overwritten by the synthetic source. Facts follow lho
 gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5_s0.py).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seat_jax import batch as batch_keys
 from seat_jax.labels import CITYSCAPES_CLASSES, IGNORE_ID, SYNTHIA16_CLASSES
+from seat_jax.methods import base
 
 # imnet_feature_dist_classes = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18] (Cityscapes train ids).
 THING_CLASS_NAMES = ("traffic light", "traffic sign", "person", "rider", "car", "truck", "bus",
@@ -121,3 +125,44 @@ def feature_distance_loss(student_feat, imagenet_feat, source_labels, thing_clas
   dist = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
   count = jnp.sum(mask.astype(jnp.float32))
   return jnp.sum(jnp.where(mask, dist, 0.0)) / jnp.maximum(count, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step's plug-in.
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureDistance(base.Method):
+  """DAFormer's FD on the source pass: thing-class layer4 features stay near a frozen copy of the
+  initial model (its state `fd_reference`, evaluated with the source norms in eval mode)."""
+  label_space: str = "cityscapes19"
+  needs_source_features = True
+
+  @staticmethod
+  def add_config(config):
+    mix = base.section(config, "mix")
+    mix.fd_weight = 0.0  # DAFormer: thing-class feature distance to the initial model (0.005)
+
+  @staticmethod
+  def enabled(config):
+    return bool(config.mix.fd_weight)
+
+  @staticmethod
+  def weights(config):
+    return {"fd_weight": config.mix.fd_weight}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(label_space=config.data.label_space)
+
+  def init_state(self, variables):
+    return {"fd_reference": base.copy_tree(variables)}
+
+  def source_terms(self, ctx):
+    images, labels_s = ctx.batch[batch_keys.SOURCE_IMAGE], ctx.batch[batch_keys.SOURCE_LABEL]
+    _, ref = ctx.model.apply(ctx.method_state["fd_reference"], images, domain="source",
+                             train=False, mutable=["intermediates"])
+    ref_feats = lax.stop_gradient(ref["intermediates"]["layer4_output"][0])
+    fd = feature_distance_loss(ctx.source.features, ref_feats, labels_s,
+                               THING_CLASSES[self.label_space])
+    return ctx.weights["fd_weight"] * fd, {"feature_distance": fd}

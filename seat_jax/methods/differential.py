@@ -25,13 +25,17 @@ Left to the caller: the weights (`LAMBDA_STUFF`, `LAMBDA_THING`), the reference'
 image writes at most 1 stuff and 10 thing features per class), and the SSL stage's 0.001 weights.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seat_jax import batch as batch_keys
 from seat_jax import labels as label_tables
+from seat_jax import models
+from seat_jax.methods import base
 
 # Published weights (train_sim.py LAMBDA_ADV_CLS / LAMBDA_ADV_INS) and bank sizes
 # (NUM_PROTOTYPE, and 10x that per thing class).
@@ -360,3 +364,78 @@ def target_losses(banks: Banks, feat_t: jax.Array, logits_t: jax.Array, classify
   per_class = jnp.sum(per_instance, axis=-1) / jnp.maximum(k, 1)
   l_thing = jnp.sum(jnp.where(thing_active[:, None], per_class, 0.0)) / n
   return l_stuff, l_thing
+
+
+# ---------------------------------------------------------------------------------------------
+# The step's plug-in.
+
+
+def head_classifier(model, head_params) -> Classify:
+  """The main head applied to pooled feature vectors [M, C] -> logits [M, K] (SIM's check).
+
+  On a 1x1 input only the centre tap of each dilated branch and the biases contribute, as in
+  the reference's `layer6(f.view(1, C, 1, 1))`.
+  """
+  head = models.head_factory(model)()
+
+  def classify(vectors: jax.Array) -> jax.Array:
+    logits = head.apply({"params": jax.lax.stop_gradient(head_params)}, vectors[:, None, None, :])
+    return logits[:, 0, 0, :].astype(jnp.float32)
+  return classify
+
+
+@dataclasses.dataclass(frozen=True)
+class Differential(base.Method):
+  """On the target pass: source features fill the stuff/thing banks (state `banks`), target
+  features are pulled to their nearest bank entries."""
+  num_classes: int = 19
+  channels: int = 2048
+  label_space: str = "cityscapes19"
+  stuff_bank: int = STUFF_BANK_SIZE
+  thing_bank: int = THING_BANK_SIZE
+  needs_target_pass = True
+  needs_source_features = True
+  needs_target_features = True
+
+  @staticmethod
+  def add_config(config):
+    # Differential treatment (Wang et al. 2020): stuff classes matched to a class-wise memory of
+    # source features, thing instances to an instance-wise one (layer4 features). 0 = off.
+    d = base.section(config, "differential")
+    d.stuff_weight = 0.0  # stuff loss weight (published 0.01)
+    d.thing_weight = 0.0  # thing loss weight (published 0.01)
+    d.stuff_bank = 50  # memory slots per stuff class
+    d.thing_bank = 500  # memory slots per thing class
+
+  @staticmethod
+  def enabled(config):
+    return bool(config.differential.stuff_weight or config.differential.thing_weight)
+
+  @staticmethod
+  def weights(config):
+    return {"stuff_weight": config.differential.stuff_weight,
+            "thing_weight": config.differential.thing_weight}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(num_classes=int(config.model.num_classes),
+               channels=models.layer4_channels(config.model.base_width),
+               label_space=config.data.label_space,
+               stuff_bank=int(config.differential.stuff_bank),
+               thing_bank=int(config.differential.thing_bank))
+
+  def init_state(self, variables):
+    del variables
+    return {"banks": init_banks(self.num_classes, self.channels, self.label_space,
+                                stuff_size=self.stuff_bank, thing_size=self.thing_bank)}
+
+  def target_terms(self, ctx):
+    w, source, target = ctx.weights, ctx.source, ctx.target
+    classify = head_classifier(ctx.model, ctx.params["main_head"])
+    banks = update_banks(
+        ctx.method_state["banks"], jax.lax.stop_gradient(source.features),
+        jax.lax.stop_gradient(source.main8), ctx.batch[batch_keys.SOURCE_LABEL], classify)
+    stuff, thing = target_losses(banks, target.features, target.main8, classify)
+    ctx.method_state["banks"] = banks
+    return (w["stuff_weight"] * stuff + w["thing_weight"] * thing,
+            {"stuff_loss": stuff, "thing_loss": thing})
