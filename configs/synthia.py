@@ -3,7 +3,7 @@
 Rows of the paper's ablation table as variants after a colon: `--config=configs/synthia.py:aa`
 (AdaptSegNet single level, shared frozen BN), `:it` (+ translated source images), `:sat`,
 `:seat` (+ SEAT and the layer switch), and the default `mul` (+ multi-level adaptation).
-FDA: `:fda_b001`, `:fda_b005`, `:fda_b009` (`_seat` for SEAT norms; README, "FDA").
+FDA: `:fda_b001`, `:fda_b005`, `:fda_b009` (`_seat` for SEAT norms; `--config.mode=fda_rounds`).
 The other compared methods as in configs/gta.py: `:differential`, `:clustering_source` then
 `:clustering`, `:dacs`, `:daformer_dlv2`, `:mic_dlv2` (each with a `_seat` twin).
 """

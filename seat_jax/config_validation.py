@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from seat_jax import adversary
 from seat_jax import config_defaults
 from seat_jax import datasets
 from seat_jax import errors
@@ -11,7 +12,6 @@ from seat_jax import models
 from seat_jax import optim
 from seat_jax import predict
 from seat_jax import pseudo_label_rules
-from seat_jax import train_step
 
 # Each choice list is owned by the module that acts on it.
 CHOICES = {
@@ -20,8 +20,8 @@ CHOICES = {
     "model.dtype": models.COMPUTE_DTYPES,
     "model.aspp_branches": models.ASPP_BRANCHES,
     "model.remat": models.REMAT_CHOICES,
-    "adv.mode": train_step.ADV_MODES,
-    "adv.input": train_step.ADV_INPUTS,
+    "adv.mode": adversary.ADV_MODES,
+    "adv.input": adversary.ADV_INPUTS,
     "data.label_space": labels.LABEL_SPACES,
     "data.source.name": datasets.NAMES,
     "data.target.name": datasets.NAMES,

@@ -9,8 +9,10 @@ One call of the step does a whole iteration of AdaptSegNet-style training:
      pseudo-label CE, feature losses, in registry order);
   3. segmenter update; discriminator update on `stop_gradient` maps, source label 0 and target
      label 1, each half weighted; the methods' post-update state (a mean teacher).
-The adversary is the core, not a plug-in: it is the paper's method, and its discriminators and
-their optimiser are state fields (and checkpoint items) of their own. The step is pure;
+The adversary (`seat_jax.adversary`) is the core, not a plug-in: it is the paper's method, and
+its discriminators and their optimiser are state fields (and checkpoint items) of their own. The
+stage-2 pseudo-label CE is a plug-in (`methods.self_training`): it is off in stage 1, and FDA's
+rounds and IntraDA's second stage switch it on like any method. The step is pure;
 `jit_train_step` jits it with the mesh's shardings (`Trainer` holds the modules, optimisers and
 mesh that follow from the config); `train.py` runs the loop around it. This module imports
 neither TensorFlow nor clu, so benchmarks run it on bare accelerator hosts.
@@ -29,6 +31,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from seat_jax import adversary
 from seat_jax import batch as batch_keys
 from seat_jax import input_pipeline as ip
 from seat_jax import losses
@@ -38,16 +41,6 @@ from seat_jax import optim
 from seat_jax.methods import base
 
 PyTree = Any
-
-# Adversarial modes and the discriminators each one trains: none (source only or a method
-# without adversary), single (one D on the main head), multi_level_sum (the paper: one D on the
-# fused map), two_discriminators (AdaptSegNet's multi-level: D `main` and D `aux`).
-DISCRIMINATORS = {"none": (), "single": ("main",), "multi_level_sum": ("main",),
-                  "two_discriminators": ("main", "aux")}
-ADV_MODES = tuple(DISCRIMINATORS)
-# What a discriminator sees: the softmax (AdaptSegNet) or ADVENT's self-information map.
-ADV_INPUTS = ("softmax", "entropy")
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -71,10 +64,6 @@ class TrainState:
 
   def model_variables(self) -> dict[str, PyTree]:
     return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def discriminator_names(adv_mode: str) -> tuple[str, ...]:
-  return DISCRIMINATORS[adv_mode]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,26 +110,6 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
-def _output_map(logits: jax.Array, adv_input: str) -> jax.Array:
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return losses.self_information(probs) if adv_input == "entropy" else probs
-
-
-def discriminator_input(name: str, main: jax.Array, aux: jax.Array, opts: StepOptions,
-                        multi_level_lambda: jax.Array | float = 0.0) -> jax.Array:
-  """What discriminator `name` sees for upsampled logits (main, aux).
-
-  multi_level_sum (the paper): one D on map(main) + lambda * map(aux); single: map(main);
-  two_discriminators (AdaptSegNet): D `main` on map(main) and D `aux` on map(aux).
-  """
-  if name == "aux":
-    return _output_map(aux, opts.adv_input)
-  fused = _output_map(main, opts.adv_input)
-  if opts.adv_mode == "multi_level_sum":
-    fused = fused + multi_level_lambda * _output_map(aux, opts.adv_input)
-  return fused
-
-
 def _upsample(logits: jax.Array, like: jax.Array) -> jax.Array:
   return models.resize_bilinear(logits.astype(jnp.float32), like.shape[1:3])
 
@@ -150,7 +119,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
 
   `batch` has the keys of `seat_jax.batch`; `weights` is `loss_weights(config)`.
   """
-  disc_names = discriminator_names(opts.adv_mode)
+  disc_names = adversary.discriminator_names(opts.adv_mode)
 
   def apply_disc(disc_params, name, maps):
     return disc.apply({"params": disc_params[name]}, maps)
@@ -194,12 +163,8 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     aux_t8, main_t8, ctx.batch_stats, feats_t = forward(
         params, ctx.batch_stats, tgt_img, "target", features=opts.needs_target_features)
     aux_t, main_t = _upsample(aux_t8, tgt_img), _upsample(main_t8, tgt_img)
-    for name in disc_names:
-      maps = discriminator_input(name, main_t, aux_t, opts, w["multi_level_lambda"])
-      adv = losses.bce_with_logits(apply_disc(state.disc_params, name, maps),
-                                   losses.SOURCE_DOMAIN_LABEL)
-      total += w["adv_weight_aux" if name == "aux" else "adv_weight"] * adv
-      metrics[f"adv_{name}"] = adv
+    total = add(total, metrics,
+                adversary.fooling_terms(apply_disc, state.disc_params, main_t, aux_t, opts, w))
     # The target maps' entropy (ADVENT's diagnostic of adaptation; MinEnt minimises it).
     ent = losses.entropy_loss(jax.nn.softmax(main_t, axis=-1))
     ent_aux = losses.entropy_loss(jax.nn.softmax(aux_t, axis=-1))
@@ -209,21 +174,6 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
       total = add(total, metrics, method.target_terms(ctx))
     outputs["target"] = (main_t, aux_t)
     return total, (ctx.batch_stats, ctx.method_state, outputs, metrics)
-
-  def discriminator_loss(disc_params, outputs, w):
-    total, metrics = 0.0, {}
-    for name in disc_names:
-      per_domain = {}
-      for domain, label in (("source", losses.SOURCE_DOMAIN_LABEL),
-                            ("target", losses.TARGET_DOMAIN_LABEL)):
-        main, aux = outputs[domain]
-        maps = jax.lax.stop_gradient(
-            discriminator_input(name, main, aux, opts, w["multi_level_lambda"]))
-        per_domain[domain] = losses.bce_with_logits(apply_disc(disc_params, name, maps), label)
-      total += 0.5 * per_domain["source"] + 0.5 * per_domain["target"]
-      metrics[f"d_{name}_source"] = per_domain["source"]
-      metrics[f"d_{name}_target"] = per_domain["target"]
-    return total, metrics
 
   def step(state: TrainState, batch, weights) -> tuple[TrainState, dict[str, jax.Array]]:
     key = jax.random.fold_in(jax.random.key(opts.seed), state.step)
@@ -243,8 +193,9 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if disc_names:
-      (_, d_metrics), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
-          state.disc_params, outputs, weights)
+      (_, d_metrics), d_grads = jax.value_and_grad(
+          adversary.discriminator_loss, argnums=1, has_aux=True)(
+              apply_disc, state.disc_params, outputs, opts, weights)
       d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, disc_params)
       disc_params = optax.apply_updates(disc_params, d_updates)
       metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads),
@@ -304,7 +255,7 @@ def init_state(trainer: Trainer, rng: jax.Array) -> TrainState:
   dummy_map = jnp.zeros((1, 32, 32, config.model.num_classes), jnp.float32)
   disc_params = {
       name: trainer.disc.init(key, dummy_map)["params"]
-      for name, key in zip(discriminator_names(config.adv.mode),
+      for name, key in zip(adversary.discriminator_names(config.adv.mode),
                            jax.random.split(disc_rng, 2))}
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],

@@ -10,7 +10,9 @@ import pytest
 
 from seat_jax import checkpointing
 from seat_jax import demo
+from seat_jax import evaluate
 from seat_jax import presets
+from seat_jax import pseudo_labels
 from seat_jax import train
 from seat_jax import train_step
 
@@ -72,3 +74,16 @@ def test_every_run_and_stage_2_start_from_the_pretrained_init(toy_demo):
                pretrained["params"]["main_head"])
   stage1 = checkpointing.restore_stored_model(workdir / "seat" / "checkpoints", 2)
   assert not np.array_equal(state.params["conv1"]["kernel"], stage1["params"]["conv1"]["kernel"])
+
+
+def test_a_rerun_keeps_every_finished_part(toy_demo, monkeypatch):
+  workdir, results, _ = toy_demo
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a finished part ran again")
+
+  monkeypatch.setattr(train, "train_and_evaluate", refuse)
+  monkeypatch.setattr(pseudo_labels, "generate", refuse)
+  monkeypatch.setattr(evaluate, "evaluate_checkpoints", refuse)
+  again = demo.run_demo(workdir, steps=2, size="32x64", batch_size=2)
+  assert {k: v["miou"] for k, v in again.items()} == {k: v["miou"] for k, v in results.items()}

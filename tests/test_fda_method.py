@@ -108,7 +108,7 @@ def test_step_adds_the_robust_entropy_of_the_stride8_target_logits():
   config = _step_config()
   trainer = train_step.build_trainer(config)
   assert trainer.opts.adv_mode == "none" and trainer.opts.target_pass  # entropy needs target
-  assert trainer.opts.robust_entropy
+  assert any(isinstance(m, fda.RobustEntropy) for m in trainer.opts.methods)
   step = jax.jit(train_step.make_train_step(trainer.model, trainer.disc, trainer.tx,
                                             trainer.disc_tx, trainer.opts,
                                             optim.lr_schedules(config)))

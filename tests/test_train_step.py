@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import helpers
+from seat_jax import adversary
 from seat_jax import optim
 from seat_jax import presets
 from seat_jax import train_step
@@ -128,6 +129,6 @@ def test_discriminator_input_fuses_softmax_maps():
   main = jnp.array([[[[0.0, 1.0]]]])
   aux = jnp.array([[[[2.0, 0.0]]]])
   opts = train_step.StepOptions(adv_mode="multi_level_sum", adv_input="softmax")
-  got = train_step.discriminator_input("main", main, aux, opts, 0.05)
+  got = adversary.discriminator_input("main", main, aux, opts, 0.05)
   expected = jax.nn.softmax(main) + 0.05 * jax.nn.softmax(aux)
   np.testing.assert_allclose(got, expected, rtol=1e-6)

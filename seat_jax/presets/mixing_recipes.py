@@ -1,0 +1,70 @@
+"""Mixing-based self-training with a mean teacher: DACS, DAFormer's strategy and MIC on
+DeepLabV2."""
+
+import ml_collections
+
+from seat_jax.methods import dacs
+from seat_jax.methods import daformer
+from seat_jax.methods import mic as mic_method
+from seat_jax.presets.compared import norms, single_head
+
+
+def mixed_image_norm(config: ml_collections.ConfigDict) -> None:
+  """SEAT norms: the default `batch` (best on the synthetic shift). One shared BN: `target`,
+  so its single set of statistics absorbs the mixed images as the references' BN does."""
+  if config.model.norm_mode == "shared":
+    config.mix.norm = "target"
+
+
+def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
+  """DACS, DAFormer's training strategy on DeepLabV2, MIC on top of it (docs: "Mixing methods").
+
+  Facts from the reference code (docs/mixing-methods-research.md). dacs (vikolss/DACS):
+  ClassMix with an EMA teacher (0.99), confidence 0.968, colour jitter and blur, SGD 2.5e-4
+  poly 0.9 over 250k steps, batch 2 + 2, 512x512 crops of 1280x720 source and 1024x512 target
+  images, one head with the two-branch ASPP, BN affine frozen. daformer_dlv2 (lhoyer/DAFormer):
+  AdamW 6e-5 (weight decay 0.01, 10x heads), 1500 warmup steps, poly 1.0 over 40k steps,
+  teacher 0.999, BN trained, random flip, rare class sampling (T 0.01, 3000 pixels),
+  thing-class feature distance 0.005. mic_dlv2 (lhoyer/MIC, its DeepLabV2 experiment): + masked
+  target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
+  mixed images normalised by their own batch statistics (config mix.norm, `mixed_image_norm`).
+  """
+  method = row.removesuffix("_seat")
+  norms(config, row.endswith("_seat"))
+  single_head(config)
+  config.model.aspp_branches = 2
+  config.adv.mode = "none"
+  config.mix.enabled = True
+  mixed_image_norm(config)
+  config.mix.teacher_alpha = dacs.DACS_ALPHA
+  config.mix.confidence = dacs.PSEUDO_THRESHOLD
+  config.data.source.crop_hw = (512, 512)
+  config.data.target.crop_hw = (512, 512)
+  config.train.batch_size = 2
+  config.train.num_steps = config.train.lr_horizon_steps = 250_000
+  config.train.checkpoint_every = 5000
+  if method == "dacs":
+    config.mix.jitter_strength = dacs.DACS_JITTER_STRENGTH
+    return config
+  config.model.bn_affine_trainable = True
+  config.data.flip = True
+  config.optim.reference_duplicate_updates = False  # mmseg's optimiser lists each tensor once
+  config.optim.name = "adamw"
+  config.optim.lr = 6e-5
+  config.optim.weight_decay = 0.01
+  config.optim.poly_power = 1.0
+  config.optim.warmup_steps = 1500
+  config.train.num_steps = config.train.lr_horizon_steps = 40_000
+  config.train.checkpoint_every = 4000
+  config.mix.teacher_alpha = dacs.DAFORMER_ALPHA
+  config.mix.jitter_strength = dacs.DAFORMER_JITTER_STRENGTH
+  config.mix.pseudo_ignore_top = daformer.PSEUDO_WEIGHT_IGNORE_TOP
+  config.mix.pseudo_ignore_bottom = daformer.PSEUDO_WEIGHT_IGNORE_BOTTOM
+  config.mix.fd_weight = daformer.FD_LAMBDA
+  config.data.source.rcs_temperature = 0.01
+  config.data.source.rcs_min_pixels = 3000
+  if method == "mic_dlv2":
+    config.mix.mic_weight = mic_method.MASK_LAMBDA
+    config.mix.mic_block = 32  # MIC's DeepLabV2 experiment (64 is its HRDA setting)
+    config.mix.mic_ratio = mic_method.MASK_RATIO
+  return config
