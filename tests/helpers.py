@@ -26,6 +26,18 @@ def tiny_train_config(data_dir, num_steps: int = 4):
   return config
 
 
+def step_config(overrides: dict | None = None):
+  """The demo model with 5 classes, no adversary and batch 2: the method-step tests' base, with
+  `overrides` as {dotted key: value}."""
+  config = presets.demo("seat")
+  config.model.num_classes = 5
+  config.adv.mode = "none"
+  config.optim.weight_decay = 0.0
+  config.train.batch_size = 2
+  config.update_from_flattened_dict(overrides or {})
+  return config
+
+
 class ListSource:
   """A random-access data source over a list of examples (what tfds.data_source looks like)."""
 

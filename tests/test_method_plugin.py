@@ -16,7 +16,6 @@ from seat_jax import config_defaults
 from seat_jax import config_validation
 from seat_jax import methods
 from seat_jax import optim
-from seat_jax import presets
 from seat_jax import train_step
 from seat_jax.methods import base
 
@@ -71,13 +70,7 @@ def registered(monkeypatch):
 
 
 def _config(**overrides):
-  config = presets.demo("seat")
-  config.model.num_classes = 5
-  config.adv.mode = "none"
-  config.optim.weight_decay = 0.0
-  config.train.batch_size = 2
-  config.update_from_flattened_dict(overrides)
-  return config
+  return helpers.step_config(overrides)
 
 
 def _one_step(config):

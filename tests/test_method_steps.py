@@ -15,19 +15,12 @@ import pytest
 import helpers
 from seat_jax import checkpointing
 from seat_jax import optim
-from seat_jax import presets
 from seat_jax import train
 from seat_jax import train_step
 
 
 def _config(**overrides):
-  config = presets.demo("seat")
-  config.model.num_classes = 5
-  config.adv.mode = "none"
-  config.optim.weight_decay = 0.0
-  config.train.batch_size = 2
-  config.update_from_flattened_dict({k.replace("__", "."): v for k, v in overrides.items()})
-  return config
+  return helpers.step_config({k.replace("__", "."): v for k, v in overrides.items()})
 
 
 @functools.lru_cache(maxsize=None)
