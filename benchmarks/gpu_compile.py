@@ -74,6 +74,7 @@ class Row:
   compile_s: float = 0.0
   error: str = ""
   fits: dict = dataclasses.field(default_factory=dict)  # budget GB -> largest batch ("~n": est.)
+  points: dict = dataclasses.field(default_factory=dict)  # compiled batch -> peak GiB
   ms_at_mfu: float | None = None
   run_hours_at_mfu: float | None = None
   num_steps: int = 0
@@ -322,6 +323,7 @@ def run_train(preset, config, card, dtype, remat, args) -> Row:
         break
   complete = max(points.values()) > max(args.budgets) * 1e9 / GIB
   row.fits = largest_batches(points, args.budgets, complete or args.max_batch <= batch)
+  row.points = points
   if args.verbose:
     print(f"  batch -> peak GiB {points}", file=sys.stderr, flush=True)
   return row
