@@ -163,6 +163,7 @@ def abstract_batch(config, trainer, batch: int) -> dict:
   """The step's batch as ShapeDtypeStructs, with the keys the input pipeline would deliver."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from seat_jax import batch as batch_keys  # pylint: disable=g-import-not-at-top
   from seat_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   shape = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=trainer.data_sharding)  # noqa: E731
   source_hw = input_hw(config.data.source)
@@ -171,7 +172,7 @@ def abstract_batch(config, trainer, batch: int) -> dict:
   if trainer.opts.uses_target_images:
     target_hw = input_hw(config.data.target)
     out[ip.TARGET_IMAGE] = shape((batch, *target_hw, 3), jnp.float32)
-    if ip.target_has_labels(config):
+    if batch_keys.target_has_labels(config):
       out[ip.TARGET_LABEL] = shape((batch, *target_hw), jnp.int32)
   return out
 
