@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val = ml_collections.ConfigDict(dict(
       name="cityscapes", builder_config="", split="validation",
       resize_hw=(512, 1024), max_examples=0))  # 0 = the whole split
-  c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16: how target labels are read
+  c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16 | synthia19 (FDA's SYNTHIA)
   c.data.flip = False  # random horizontal flip (the references use none)
   c.data.fda_beta = 0.0  # FDA source stylisation toward target images; 0 = off
   # Grain worker processes per domain; -1 = automatic (0 on CPU, else by host cores and batch).

@@ -282,6 +282,21 @@ def test_synthia16_label_space_maps_cityscapes_target_labels():
   np.testing.assert_array_equal(got, label.ravel())
 
 
+def test_synthia19_reads_synthia_labels_as_train_ids_and_cityscapes_as_stored():
+  """FDA's 19-output SYNTHIA model: SYNTHIA's 16 stored ids become the 19 train ids (its
+  data/synthia_dataset.py maps to them); Cityscapes labels are read as they are."""
+  config = _config(label_space="synthia19")
+  label16 = np.concatenate([np.arange(16, dtype=np.uint8), [255] * 4]).reshape(4, 5, 1)
+  data = ListSource([{"image": np.zeros((4, 5, 3), np.uint8), "label": label16, "id": "x"}])
+  config.data.val.name = "synthia"
+  got = next(iter(ip.create_eval_iterator(config, data_source=data)))["label"].ravel()
+  expected = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18, 255, 255, 255, 255]
+  np.testing.assert_array_equal(got, expected)
+  config.data.val.name = "cityscapes"
+  got = next(iter(ip.create_eval_iterator(config, data_source=data)))["label"].ravel()
+  np.testing.assert_array_equal(got, label16.ravel())
+
+
 def test_unknown_label_space_is_a_clear_error():
   with pytest.raises(ValueError, match="label_space='voc'.*'cityscapes'"):
     ip.label_lut("voc", "cityscapes")

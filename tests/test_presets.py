@@ -15,6 +15,7 @@ from seat_jax import labels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FDA = ("fda_b001", "fda_b005", "fda_b009", "fda_b001_seat", "fda_b005_seat", "fda_b009_seat")
+FDA16 = tuple(f"{row}_out16" for row in FDA)  # SYNTHIA: FDA with 16 outputs
 INTRADA = ("intrada", "intrada_seat")
 DIFFERENTIAL = ("differential", "differential_seat")
 CLUSTERING = ("clustering_source", "clustering", "clustering_seat_source", "clustering_seat")
@@ -25,9 +26,9 @@ ROWS = {
                "advent", "advent_seat", "source_only", "cycada", *INTRADA, *FDA, *DIFFERENTIAL,
                *CLUSTERING, *MIXING),
     "gta_stage2.py": ("", "mul", *INTRADA, *FDA),
-    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA, *DIFFERENTIAL, *CLUSTERING,
-                   *MIXING),
-    "synthia_stage2.py": ("", "mul", *FDA),
+    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA, *FDA16, *DIFFERENTIAL,
+                   *CLUSTERING, *MIXING),
+    "synthia_stage2.py": ("", "mul", *FDA, *FDA16),
     "demo.py": ("", "shared", "sat", "seat", *INTRADA, "intrada_stage2", "intrada_seat_stage2",
                 *FDA, *DIFFERENTIAL, *CLUSTERING, "dacs", "dacs_seat", "daformer",
                 "daformer_seat", "mic", "mic_seat"),

@@ -6,24 +6,29 @@ import ml_collections
 from seat_jax.methods import clustering as clustering_method
 from seat_jax.methods import differential as differential_method
 from seat_jax.methods import fda as fda_method
-from seat_jax.presets.rows import FDA_BETA_OF_TAG, FDA_ROWS
+from seat_jax.presets.rows import FDA16_ROWS, FDA16_SUFFIX, FDA_BETA_OF_TAG, FDA_ROWS
 from seat_jax.presets.paper import shared_frozen_bn
 
 
 def fda(config: ml_collections.ConfigDict, row: str, layer_switch: tuple[int, ...],
-        schedule: bool = True) -> ml_collections.ConfigDict:
+        schedule: bool = True,
+        eval_hw: tuple[int, int] | None = fda_method.EVAL_HW) -> ml_collections.ConfigDict:
   """FDA's single-model recipe (YanchaoYang/FDA README and train.py) on a dataset preset.
 
   No discriminator; one head (FDA's DeepLab has only the layer4 classifier, so the aux head gets
   no loss and is frozen); the source stylised with the row's beta; robust entropy 0.005 (eta 2)
   on the target from the start; plain BN with the affine frozen and batch statistics in
   training, as FDA's model. `schedule`: poly over 150k steps, stopped at 100k, a snapshot every
-  2,500 (FDA's options). MBT pseudo-labels: class-wise, quantile 0.66, cap 0.9. `_seat` rows:
-  SEAT norms (affine trained) evaluated with `layer_switch`. Stage 2 (FDA's SSL round):
-  `stage2(...)` of this, i.e. + CE on the MBT pseudo-labels, again from the init.
+  2,500 (FDA's options). `eval_hw`: the validation images' size, FDA's 1344x576 (its
+  `cs_size_test`, the only size its evaluation script uses); None keeps the config's. MBT
+  pseudo-labels: class-wise, quantile 0.66, cap 0.9. `_seat` rows: SEAT norms (affine trained)
+  evaluated with `layer_switch`. Stage 2 (FDA's SSL round): `stage2(...)` of this, i.e. + CE on
+  the MBT pseudo-labels, again from the init. The dataset preset chooses the outputs (SYNTHIA:
+  19 as FDA, or 16 with the `_out16` rows).
   """
-  if row not in FDA_ROWS:
-    raise ValueError(f"Unknown FDA row {row!r}; choose one of {FDA_ROWS}.")
+  if row not in FDA_ROWS + FDA16_ROWS:
+    raise ValueError(f"Unknown FDA row {row!r}; choose one of {FDA_ROWS + FDA16_ROWS}.")
+  row = row.removesuffix(FDA16_SUFFIX)
   config.data.fda_beta = FDA_BETA_OF_TAG[row.split("_")[1]]
   config.adv.mode = "none"
   config.loss.aux_weight = 0.0
@@ -37,6 +42,8 @@ def fda(config: ml_collections.ConfigDict, row: str, layer_switch: tuple[int, ..
     config.train.num_steps = fda_method.NUM_STEPS
     config.train.lr_horizon_steps = fda_method.LR_HORIZON_STEPS
     config.train.checkpoint_every = fda_method.CHECKPOINT_EVERY
+  if eval_hw:
+    config.data.val.resize_hw = tuple(eval_hw)
   if row.endswith("_seat"):
     config.model.norm_mode = "seat"
     config.model.bn_affine_trainable = True

@@ -63,7 +63,8 @@ DEMO_ROWS = ("seat", "sat", "shared", "pretrain", *INTRADA_ROWS, "intrada_stage2
 
 def _demo_fda(row: str) -> ml_collections.ConfigDict:
   """FDA on the demo's tiny model and budget (configs/demo.py:fda_b001 ... :fda_b009_seat)."""
-  return fda(demo("seat" if row.endswith("_seat") else "shared"), row, (), schedule=False)
+  return fda(demo("seat" if row.endswith("_seat") else "shared"), row, (), schedule=False,
+             eval_hw=None)
 
 
 def demo_intrada(row: str) -> ml_collections.ConfigDict:
