@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16 | synthia19 (FDA's SYNTHIA)
   c.data.flip = False  # random horizontal flip (the references use none)
   c.data.fda_beta = 0.0  # FDA source stylisation toward target images; 0 = off
+  c.data.blur_probability = 0.0  # Gaussian blur, sigma U(0, 1) px, source and target (Toldo: 0.5)
   # Grain worker processes per domain; -1 = automatic (0 on CPU, else by host cores and batch).
   c.data.worker_count = -1
   # Where resize/crop/flip/FDA/mean run: device (jitted, from uint8) | host (PIL, as references).

@@ -262,6 +262,16 @@ def test_clustering_follows_udaclustering(name, weights):
   assert adapt.data.flip and adapt.model.bn_affine_trainable and adapt.model.aspp_branches == 2
   assert source.loss.aux_weight == adapt.loss.aux_weight == 0.0  # one head on layer4
   assert load(name, "clustering_seat").model.norm_mode == "seat"
+  for row in CLUSTERING:
+    config = load(name, row)
+    # Its README trains on the original GTA5 images; its dataset classes blur source and target
+    # images with p 0.5 (gaussian_blur defaults to True in train_source.py / train_UDA.py).
+    assert config.data.source.builder_config == "original"
+    assert config.data.blur_probability == 0.5
+  # Its own Cityscapes split: datasets/Cityscapes/train.txt, 2,475 of the 2,975 train images.
+  ids = pathlib.Path(adapt.data.target.ids_file).read_text().split()
+  assert len(ids) == len(set(ids)) == 2475
+  assert ids[0] == "aachen_000000_000019" and "dusseldorf_000010_000019" not in ids  # val.txt
 
 
 @pytest.mark.parametrize("name", ["gta.py", "synthia.py"])

@@ -1,6 +1,8 @@
 """The compared methods' recipes (FDA, differential treatment, Toldo et al.'s clustering,
 IntraDA) on a dataset preset."""
 
+import os
+
 import ml_collections
 
 from seat_jax.methods import clustering as clustering_method
@@ -99,20 +101,33 @@ def differential(config: ml_collections.ConfigDict, row: str,
   return norms(config, row.endswith("_seat"), layer_switch)
 
 
+# Toldo et al.'s Cityscapes train list (LTTM/UDAclustering datasets/Cityscapes/train.txt at
+# 034c30e, as example ids): 2,475 of the 2,975 train images; its val.txt holds out the other
+# 500 for model selection, and its test.txt is the official validation split.
+UDACLUSTERING_CITYSCAPES_TRAIN = os.path.join(os.path.dirname(__file__), "splits",
+                                              "udaclustering_cityscapes_train.txt")
+# Its dataset classes' default Gaussian blur (p 0.5, PIL radius random()) on source and target.
+UDACLUSTERING_BLUR_PROBABILITY = 0.5
+
+
 def clustering(config: ml_collections.ConfigDict, row: str,
                dataset: str) -> ml_collections.ConfigDict:
   """Toldo et al.'s two stages (LTTM/UDAclustering README): source only, then clustering.
 
-  `*_source`: source CE only, whole source images resized (no crop), random flip, 80k of a
-  200k-step poly schedule. The adaptation stage starts from that model (`init_from`, REQUIRED)
-  with no discriminator: clustering, orthogonality, sparsity and the image-wise MaxSquare
-  entropy with the dataset's published weights, 10 epochs of Cityscapes train (24,750 steps,
-  batch 1, the poly horizon equal to the run). One head on layer4 with AdaptSegNet's two-branch
-  ASPP; BN affine trained (the reference freezes only the stem's, as here). `_seat` rows: SEAT norms in both stages.
+  Both stages: the original source images (its README; GTA5 not translated), whole and resized
+  (no crop), random flip and Gaussian blur (p 0.5, sigma U(0, 1)) on source and target images.
+  `*_source`: source CE only, 80k of a 200k-step poly schedule. The adaptation stage starts from
+  that model (`init_from`, REQUIRED) with no discriminator: clustering, orthogonality, sparsity
+  and the image-wise MaxSquare entropy with the dataset's published weights, 10 epochs of its
+  2,475-image Cityscapes train list (24,750 steps, batch 1, the poly horizon equal to the run).
+  One head on layer4 with AdaptSegNet's two-branch ASPP; BN affine trained (the reference
+  freezes only the stem's, as here). `_seat` rows: SEAT norms in both stages.
   """
   seat = "_seat" in row
+  config.data.source.builder_config = "original"
   config.data.source.crop_hw = ()
   config.data.flip = True
+  config.data.blur_probability = UDACLUSTERING_BLUR_PROBABILITY
   config.model.aspp_branches = 2
   single_head(config)  # DeeplabResnetFeat: one classifier on layer4
   config.adv.mode = "none"
@@ -125,6 +140,7 @@ def clustering(config: ml_collections.ConfigDict, row: str,
     return config
   for key, value in clustering_method.PUBLISHED_WEIGHTS[dataset].items():
     config.clustering[key] = value
+  config.data.target.ids_file = UDACLUSTERING_CITYSCAPES_TRAIN
   config.train.num_steps = config.train.lr_horizon_steps = 24_750
   config.train.checkpoint_every = 2475
   config.init_from = (f"REQUIRED: --config.init_from=<the {row}_source run's workdir>")
