@@ -294,6 +294,11 @@ def test_mixing_presets_follow_dacs_daformer_and_mic(name):
   assert daformer.model.bn_affine_trainable and daformer.mix.mic_weight == 0
   mic = load(name, "mic_dlv2")
   assert (mic.mix.mic_weight, mic.mix.mic_block, mic.mix.mic_ratio) == (1.0, 32, 0.7)
+  # MIC's student runs the masked image in train mode (its dacs.py calls forward_train), so
+  # one shared BN's running statistics absorb it; SEAT norms keep them to unmasked images.
+  assert mic.mix.mic_update_stats and not load(name, "mic_dlv2_seat").mix.mic_update_stats
+  assert load("demo.py", "mic").mix.mic_update_stats
+  assert not load("demo.py", "mic_seat").mix.mic_update_stats
   for row in MIXING:
     config = load(name, row)
     seat = row.endswith("_seat")

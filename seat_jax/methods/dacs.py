@@ -365,6 +365,7 @@ class Mixing(base.Method):
   mic: bool = False
   mic_block: int = 64
   mic_ratio: float = 0.7
+  mic_update_stats: bool = False
   num_classes: int = 19
   needs_target_images = True
 
@@ -387,6 +388,9 @@ class Mixing(base.Method):
     mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
     mix.mic_block = 64  # MIC's masked patches: block size in pixels
     mix.mic_ratio = 0.7  # MIC's masked patches: share of blocks masked
+    # The masked pass updates the target norm's running statistics, as MIC's student in train
+    # mode does (the shared-BN presets); False keeps them to unmasked images (the SEAT presets).
+    mix.mic_update_stats = False
 
   @staticmethod
   def enabled(config):
@@ -425,7 +429,9 @@ class Mixing(base.Method):
                jitter_strength=float(mix.jitter_strength),
                pseudo_ignore_rows=(int(mix.pseudo_ignore_top), int(mix.pseudo_ignore_bottom)),
                mic=bool(mix.mic_weight), mic_block=int(mix.mic_block),
-               mic_ratio=float(mix.mic_ratio), num_classes=int(config.model.num_classes))
+               mic_ratio=float(mix.mic_ratio),
+               mic_update_stats=bool(mix.get("mic_update_stats", False)),
+               num_classes=int(config.model.num_classes))
 
   def init_state(self, variables):
     return {"teacher": base.copy_tree(variables)}
@@ -461,10 +467,11 @@ class Mixing(base.Method):
       if self.augment:  # MIC: the masked image gets the mixed image's augmentation
         masked = strong_augment(key_mic_aug, masked, self.jitter_strength)
       masked, _ = mic.masking(key_mic, masked, self.mic_block, self.mic_ratio)
-      # Normalised with its batch statistics as a target image; the masked batch's statistics
-      # are not what evaluation meets, so they do not enter the running target statistics.
-      aux_k, main_k, _, _ = forward(ctx.params, ctx.batch_stats, masked, "target",
-                                    keep_stats=False)
+      # Normalised with its batch statistics as a target image. MIC's student runs it in train
+      # mode, so its statistics enter the running ones (`mic_update_stats`); without, only
+      # unmasked images, what evaluation meets, make the running target statistics.
+      aux_k, main_k, ctx.batch_stats, _ = forward(ctx.params, ctx.batch_stats, masked, "target",
+                                                  keep_stats=self.mic_update_stats)
       mic_main = weighted_cross_entropy(up(main_k, masked), pseudo, weight)
       mic_aux = weighted_cross_entropy(up(aux_k, masked), pseudo, weight)
       total += w["mic_weight"] * (mic_main + w["aux_weight"] * mic_aux)
