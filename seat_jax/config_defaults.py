@@ -125,6 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.source_stages = ()  # layer switch: stages (0 stem, 1-4 layers) that use the source norm
   c.eval.checkpoint = ""  # eval mode: a checkpoint dir; "" = the workdir's checkpoints
   c.eval.step = -1  # -1 = every checkpoint in the dir (reports final and best); else that step
+  # Predictions are upsampled to the labels; DACS and Toldo et al. score them at 512x1024.
+  c.eval.label_hw = ()  # (h, w) to nearest-resize val labels to; () = full size (the paper)
   c.eval.num_panels = 4  # input | ground truth | prediction panels written per evaluation
   c.eval.write_predictions = True  # Cityscapes labelId PNGs for cityscapesscripts
   # Eval and pseudo_labels modes: average the softmax of these runs' checkpoints (FDA's MBT)

@@ -341,14 +341,18 @@ class RawTrainTransform(TrainTransform):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalTransform(grain.transforms.Map):
-  """One example -> model-size image, full-resolution label, raw image and id (batch axis 1)."""
+  """One example -> model-size image, full-resolution label (or at `label_hw`, PIL nearest),
+  raw image and id (batch axis 1)."""
 
   dataset: str
   resize_hw: tuple[int, int]
   label_lut: np.ndarray | None = None
+  label_hw: tuple[int, int] | None = None
 
   def map(self, example):
     image, label, example_id = _read_example(example, self.dataset, with_label=True)
+    if self.label_hw:
+      label = resize_label(label, self.label_hw)
     if self.label_lut is not None:
       label = self.label_lut[label]
     return {
@@ -716,22 +720,26 @@ def create_eval_iterator(config, split_config=None, *, max_examples: int = 0, da
   """A finite, re-iterable stream of single examples in the data source's fixed order.
 
   Each element: {'image': float32 [1, h, w, 3] at split_config.resize_hw (model input),
-  'label': uint8 [1, H, W] at full stored resolution in config.data.label_space,
+  'label': uint8 [1, H, W] at full stored resolution in config.data.label_space (the validation
+  split: at config.eval.label_hw when set, the resolution some references score at),
   'raw_image': uint8 [1, H, W, 3] original RGB, 'id': str}. Every process sees every example.
 
   Args:
     config: the full config.
-    split_config: defaults to config.data.val.
+    split_config: defaults to config.data.val (then config.eval.label_hw applies).
     max_examples: the first N examples (0: split_config.max_examples, and 0 there = all).
     data_source: injected examples instead of the prepared TFDS split.
   """
+  label_hw = None
+  if split_config is None and config.eval.get("label_hw", ()):
+    label_hw = _check_hw(config.eval.label_hw, "config.eval.label_hw")
   split_config = split_config or config.data.val
   if data_source is None:
     data_source = datasets.open_data_source(split_config, config.data.data_dir)
   transform = EvalTransform(
       dataset=_dataset_desc(split_config),
       resize_hw=_check_hw(split_config.resize_hw, "resize_hw of the evaluation split"),
-      label_lut=label_lut(config.data.label_space, split_config.name))
+      label_lut=label_lut(config.data.label_space, split_config.name), label_hw=label_hw)
   ds = grain.MapDataset.source(data_source)[:_eval_length(split_config, data_source, max_examples)]
   ds = ds.map(transform)
   buffer_size = max(2, int(config.data.get("prefetch_buffer_size", 2)))

@@ -297,6 +297,23 @@ def test_synthia19_reads_synthia_labels_as_train_ids_and_cityscapes_as_stored():
   np.testing.assert_array_equal(got, label16.ravel())
 
 
+def test_eval_label_hw_scores_validation_labels_at_that_size():
+  """DACS and Toldo et al. score nearest-resized 512x1024 labels: config.eval.label_hw, for the
+  validation split only (pseudo-labelling and ranking read other splits at full size)."""
+  config = _config()
+  label = np.arange(8 * 16, dtype=np.uint8).reshape(8, 16, 1) % 19
+  data = ListSource([{"image": np.zeros((8, 16, 3), np.uint8), "label": label, "id": "x"}])
+  full = next(iter(ip.create_eval_iterator(config, data_source=data)))
+  assert full["label"].shape == (1, 8, 16)
+  config.eval.label_hw = (4, 8)
+  small = next(iter(ip.create_eval_iterator(config, data_source=data)))
+  expected = np.asarray(Image.fromarray(label[..., 0]).resize((8, 4), Image.Resampling.NEAREST))
+  np.testing.assert_array_equal(small["label"][0], expected)
+  assert small["raw_image"].shape == (1, 8, 16, 3)
+  other = next(iter(ip.create_eval_iterator(config, config.data.target, data_source=data)))
+  assert other["label"].shape == (1, 8, 16)
+
+
 def test_unknown_label_space_is_a_clear_error():
   with pytest.raises(ValueError, match="label_space='voc'.*'cityscapes'"):
     ip.label_lut("voc", "cityscapes")

@@ -268,6 +268,7 @@ def test_clustering_follows_udaclustering(name, weights):
     # images with p 0.5 (gaussian_blur defaults to True in train_source.py / train_UDA.py).
     assert config.data.source.builder_config == "original"
     assert config.data.blur_probability == 0.5
+    assert tuple(config.eval.label_hw) == (512, 1024)  # _val_sync_transform: labels 1024x512
   # Its own Cityscapes split: datasets/Cityscapes/train.txt, 2,475 of the 2,975 train images.
   ids = pathlib.Path(adapt.data.target.ids_file).read_text().split()
   assert len(ids) == len(set(ids)) == 2475
@@ -285,6 +286,8 @@ def test_mixing_presets_follow_dacs_daformer_and_mic(name):
   assert tuple(dacs.data.source.crop_hw) == tuple(dacs.data.target.crop_hw) == (512, 512)
   assert (dacs.model.norm_mode, dacs.model.bn_affine_trainable) == ("shared", False)
   assert dacs.mix.fd_weight == 0 and dacs.data.source.rcs_temperature == 0
+  # DACS scores labels nearest-resized to 512x1024; DAFormer and MIC full-size labels.
+  assert tuple(dacs.eval.label_hw) == tuple(load(name, "dacs_seat").eval.label_hw) == (512, 1024)
   daformer = load(name, "daformer_dlv2")
   assert (daformer.optim.name, daformer.optim.lr, daformer.optim.weight_decay) == (
       "adamw", 6e-5, 0.01)
@@ -292,6 +295,7 @@ def test_mixing_presets_follow_dacs_daformer_and_mic(name):
   assert daformer.train.num_steps == 40_000 and daformer.mix.teacher_alpha == 0.999
   assert (daformer.data.source.rcs_temperature, daformer.mix.fd_weight) == (0.01, 0.005)
   assert daformer.model.bn_affine_trainable and daformer.mix.mic_weight == 0
+  assert tuple(daformer.eval.label_hw) == ()
   mic = load(name, "mic_dlv2")
   assert (mic.mix.mic_weight, mic.mix.mic_block, mic.mix.mic_ratio) == (1.0, 32, 0.7)
   # MIC's student runs the masked image in train mode (its dacs.py calls forward_train), so

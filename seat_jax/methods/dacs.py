@@ -31,6 +31,9 @@ from seat_jax.models import seat_norm
 # Teacher EMA: DACS hard-codes 0.99 (trainUDA.py); DAFormer's final recipe and MIC use 0.999.
 DACS_ALPHA = 0.99
 DAFORMER_ALPHA = 0.999
+# DACS scores the student on Cityscapes val with the labels nearest-resized to 512x1024
+# (trainUDA.py evaluate, evaluateUDA.py); DAFormer and MIC score full-size labels.
+EVAL_LABEL_HW = (512, 1024)
 # A target pixel counts as confident when its teacher max-probability is >= this (all three).
 PSEUDO_THRESHOLD = 0.968
 # Colour-jitter strength s: brightness, contrast and saturation factors in [1 - s, 1 + s], hue
@@ -388,9 +391,8 @@ class Mixing(base.Method):
     mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
     mix.mic_block = 64  # MIC's masked patches: block size in pixels
     mix.mic_ratio = 0.7  # MIC's masked patches: share of blocks masked
-    # The masked pass updates the target norm's running statistics, as MIC's student in train
-    # mode does (the shared-BN presets); False keeps them to unmasked images (the SEAT presets).
-    mix.mic_update_stats = False
+    # MIC's student runs the masked image in train mode (the shared-BN presets follow it).
+    mix.mic_update_stats = False  # MIC: the masked pass updates the running target statistics
 
   @staticmethod
   def enabled(config):

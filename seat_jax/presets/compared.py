@@ -108,6 +108,8 @@ UDACLUSTERING_CITYSCAPES_TRAIN = os.path.join(os.path.dirname(__file__), "splits
                                               "udaclustering_cityscapes_train.txt")
 # Its dataset classes' default Gaussian blur (p 0.5, PIL radius random()) on source and target.
 UDACLUSTERING_BLUR_PROBABILITY = 0.5
+# Its validation labels are nearest-resized to the 1024x512 input (_val_sync_transform).
+UDACLUSTERING_EVAL_LABEL_HW = (512, 1024)
 
 
 def clustering(config: ml_collections.ConfigDict, row: str,
@@ -115,7 +117,8 @@ def clustering(config: ml_collections.ConfigDict, row: str,
   """Toldo et al.'s two stages (LTTM/UDAclustering README): source only, then clustering.
 
   Both stages: the original source images (its README; GTA5 not translated), whole and resized
-  (no crop), random flip and Gaussian blur (p 0.5, sigma U(0, 1)) on source and target images.
+  (no crop), random flip and Gaussian blur (p 0.5, sigma U(0, 1)) on source and target images;
+  validation labels scored at 1024x512 as its evaluation does.
   `*_source`: source CE only, 80k of a 200k-step poly schedule. The adaptation stage starts from
   that model (`init_from`, REQUIRED) with no discriminator: clustering, orthogonality, sparsity
   and the image-wise MaxSquare entropy with the dataset's published weights, 10 epochs of its
@@ -128,6 +131,7 @@ def clustering(config: ml_collections.ConfigDict, row: str,
   config.data.source.crop_hw = ()
   config.data.flip = True
   config.data.blur_probability = UDACLUSTERING_BLUR_PROBABILITY
+  config.eval.label_hw = UDACLUSTERING_EVAL_LABEL_HW
   config.model.aspp_branches = 2
   single_head(config)  # DeeplabResnetFeat: one classifier on layer4
   config.adv.mode = "none"

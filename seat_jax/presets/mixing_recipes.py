@@ -45,6 +45,7 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
   config.train.checkpoint_every = 5000
   if method == "dacs":
     config.mix.jitter_strength = dacs.DACS_JITTER_STRENGTH
+    config.eval.label_hw = dacs.EVAL_LABEL_HW
     return config
   config.model.bn_affine_trainable = True
   config.data.flip = True
