@@ -61,9 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val = ml_collections.ConfigDict(dict(
       name="cityscapes", builder_config="", split="validation",
       resize_hw=(512, 1024), max_examples=0))  # 0 = the whole split
-  c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16: how target labels are read
+  c.data.label_space = "cityscapes19"  # cityscapes19 | synthia16 | synthia19 (FDA's SYNTHIA)
   c.data.flip = False  # random horizontal flip (the references use none)
   c.data.fda_beta = 0.0  # FDA source stylisation toward target images; 0 = off
+  c.data.blur_probability = 0.0  # Gaussian blur, sigma U(0, 1) px, source and target (Toldo: 0.5)
   # Grain worker processes per domain; -1 = automatic (0 on CPU, else by host cores and batch).
   c.data.worker_count = -1
   # Where resize/crop/flip/FDA/mean run: device (jitted, from uint8) | host (PIL, as references).
@@ -124,6 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.source_stages = ()  # layer switch: stages (0 stem, 1-4 layers) that use the source norm
   c.eval.checkpoint = ""  # eval mode: a checkpoint dir; "" = the workdir's checkpoints
   c.eval.step = -1  # -1 = every checkpoint in the dir (reports final and best); else that step
+  # Predictions are upsampled to the labels; DACS and Toldo et al. score them at 512x1024.
+  c.eval.label_hw = ()  # (h, w) to nearest-resize val labels to; () = full size (the paper)
   c.eval.num_panels = 4  # input | ground truth | prediction panels written per evaluation
   c.eval.write_predictions = True  # Cityscapes labelId PNGs for cityscapesscripts
   # Eval and pseudo_labels modes: average the softmax of these runs' checkpoints (FDA's MBT)

@@ -107,6 +107,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "    then add --config.init_from=$HOME/weights/deeplab_init (docs: 'Pretrained "
         f"weights'); or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += methods.problems(config)
+  if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:
+    problems.append(f"config.data.blur_probability={config.data.blur_probability} must lie in "
+                    "[0, 1] (Toldo et al.: 0.5; 0 = off)")
+  label_hw = tuple(config.eval.get("label_hw", ()))
+  if label_hw and (len(label_hw) != 2 or min(label_hw) <= 0):
+    problems.append(f"config.eval.label_hw={label_hw} must be () (full resolution) or "
+                    "(height, width) with positive entries (DACS, Toldo et al.: (512, 1024))")
   if config.train.batch_size < 1:
     problems.append("config.train.batch_size must be >= 1")
   if num_devices and config.mode == "train" and config.train.batch_size % num_devices:

@@ -100,8 +100,9 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     manual_dir: the folder with the extracted downloads (see each builder's
       MANUAL_DOWNLOAD_INSTRUCTIONS); None means TFDS's <data_dir>/downloads/manual.
     builder_config: a config name (gta5: 'original', 'translated', 'original_1280x720',
-      'translated_1280x720'; cityscapes: 'full', 'train_1024x512'; synthetic_streets:
-      'source', 'target'), a BuilderConfig object, or None/'' for the default.
+      'translated_1280x720'; synthia: 'original', 'translated'; cityscapes: 'full',
+      'train_1024x512'; synthetic_streets: 'source', 'target'), a BuilderConfig object, or
+      None/'' for the default.
 
   Returns:
     The prepared builder. Raises data_builders.common.DataError for missing or bad input files.

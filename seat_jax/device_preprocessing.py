@@ -1,4 +1,4 @@
-"""Training-batch preprocessing on the accelerator: resize, crop, flip, FDA, BGR minus mean.
+"""Training-batch preprocessing on the accelerator: resize, crop, flip, blur, FDA, BGR minus mean.
 
 With config.data.preprocess_on='device' (the default) the host only decodes the stored PNGs and
 draws each example's crop, flip and FDA partner from grain's per-example generator (so a resumed
@@ -15,7 +15,9 @@ runs here, jitted and batched, just before the train step. The result reproduces
     the kept window is computed;
   * labels: PIL's NEAREST source indices are tabulated on the host (`pil_nearest_indices`,
     exact) and gathered here, so labels are identical;
-  * FDA: the centred-window variant of `seat_jax.fda`, with jnp FFTs.
+  * FDA: the centred-window variant of `seat_jax.fda`, with jnp FFTs;
+  * Gaussian blur (`data.blur_probability`, Toldo et al.'s augmentation): `gaussian_blur`, the
+    same float32 function on both paths (numpy on the host), rounded to uint8 levels.
 
 Every input array has static shape (the stored size of the stream's split), so jit compiles
 once per stream layout. Cost: the resize is a dense float32 weight-matrix product (precision
@@ -42,6 +44,10 @@ IMAGE, LABEL = "image", "label"  # uint8 [B, H, W, 3], uint8 [B, h, w] at their 
 CROP = "crop"  # int32 [B, 2]: (top, left) of the crop in the resized frame
 FLIP = "flip"  # bool [B]
 FDA_IMAGE = "fda_image"  # uint8 [B, Ht, Wt, 3]: the FDA partner at the target's stored size
+BLUR = "blur_sigma"  # float32 [B]: each example's Gaussian blur sigma in pixels (0 = none)
+# Taps either side of the blur kernel: 3 sigma for the largest sigma drawn (BLUR_MAX_SIGMA).
+BLUR_MAX_SIGMA = 1.0  # Toldo et al.: PIL GaussianBlur(radius=random.random())
+BLUR_RADIUS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,7 @@ class StreamSpec:
   flip: bool = False
   label_lut: tuple[int, ...] | None = None  # 256 entries: stored id -> label-space id
   fda_beta: float = 0.0
+  blur: bool = False  # the raw batch carries BLUR sigmas to apply
 
   @property
   def out_hw(self) -> tuple[int, int]:
@@ -149,6 +156,29 @@ def _flip(x: jax.Array, flip: jax.Array) -> jax.Array:
   return jnp.where(flip.reshape((-1,) + (1,) * (x.ndim - 1)), x[:, :, ::-1], x)
 
 
+def gaussian_blur(images, sigma, xp=np):
+  """Gaussian blur of each image, [B, H, W, C] 0-255 levels -> the same, rounded to levels.
+
+  `sigma` [B] in pixels (0 leaves an image as it is); separable (width, then height) with
+  2 * BLUR_RADIUS + 1 normalised float32 taps and edge pixels repeated at the borders. `xp` is
+  numpy (the host path) or jax.numpy (the device path): one formula for both. PIL's
+  GaussianBlur, which Toldo et al. call, approximates the same Gaussian by three box blurs.
+  """
+  offsets = xp.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=xp.float32)
+  sigma = xp.maximum(xp.asarray(sigma, xp.float32), 1e-3)[:, None]  # 1e-3: a delta in float32
+  taps = xp.exp(-0.5 * xp.square(offsets[None, :] / sigma))
+  taps = taps / xp.sum(taps, axis=1, keepdims=True)
+  out = xp.asarray(images, xp.float32)
+  for axis in (2, 1):
+    widths = [(0, 0)] * 4
+    widths[axis] = (BLUR_RADIUS, BLUR_RADIUS)
+    padded = xp.pad(out, widths, mode="edge")
+    size = out.shape[axis]
+    out = sum(taps[:, k, None, None, None] * xp.take(padded, xp.arange(k, k + size), axis=axis)
+              for k in range(2 * BLUR_RADIUS + 1))
+  return xp.clip(xp.floor(out + 0.5), 0.0, 255.0)
+
+
 def fda_source_to_target(source: jax.Array, target: jax.Array, beta: float) -> jax.Array:
   """Batched `seat_jax.fda.fda_source_to_target`: [B, H, W, C] float32 images, same shapes."""
   height, width = source.shape[1:3]
@@ -174,8 +204,8 @@ def to_model_input(rgb: jax.Array) -> jax.Array:
 def preprocess(raw: Mapping[str, jax.Array], spec: StreamSpec) -> dict[str, jax.Array]:
   """One domain's raw batch -> {'image': float32 [B, h, w, 3], 'label': int32 [B, h, w]}.
 
-  The order is the host path's: resize -> crop -> flip -> FDA -> BGR minus mean; the label (when
-  the batch has one) follows the same crop and flip.
+  The order is the host path's: resize -> crop -> flip -> blur -> FDA -> BGR minus mean; the
+  label (when the batch has one) follows the same crop and flip.
   """
   out_hw = spec.out_hw
   offsets = raw[CROP] if spec.crop_hw else None
@@ -186,6 +216,8 @@ def preprocess(raw: Mapping[str, jax.Array], spec: StreamSpec) -> dict[str, jax.
   if spec.flip:
     image = _flip(image, raw[FLIP])
     label = None if label is None else _flip(label, raw[FLIP])
+  if spec.blur:
+    image = gaussian_blur(image, raw[BLUR], jnp)
   if spec.fda_beta > 0:
     partner = resize_crop_images(raw[FDA_IMAGE], out_hw, out_hw)
     image = fda_source_to_target(image, partner, spec.fda_beta)

@@ -178,7 +178,7 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, workdir) -> dict[str, A
 
   Each model is a run's final checkpoint (or config.eval.step); the mean is taken at the output
   stride and upsampled to the label's resolution (FDA `evaluation_multi.py`), on the images at
-  config.data.val.resize_hw (FDA feeds 1344x576 there; the presets keep 1024x512). Writes
+  config.data.val.resize_hw (FDA feeds 1344x576 there, as the FDA presets do). Writes
   <workdir>/eval_ensemble/ (iou.md, iou.csv, panels, predictions, summary.json) and returns
   evaluate()'s result plus 'members'.
   """

@@ -4,7 +4,8 @@ Training (`create_train_iterator`): one infinite stream per domain, each with it
 the source and target streams never share shuffles or crops. A stream is
 
   data source -> this host's slice -> shuffle -> repeat (reshuffled every epoch)
-  -> random_map(decode, draw crop/flip/FDA partner[, resize, crop, flip, FDA, BGR minus mean])
+  -> random_map(decode, draw crop/flip/FDA partner/blur[, resize, crop, flip, blur, FDA, BGR
+     minus mean])
   -> batch -> to_iter_dataset -> mp_prefetch (when the worker count is > 0).
 
 With rare class sampling (config.data.source.rcs_temperature > 0, seat_jax/rcs.py) the source
@@ -199,8 +200,9 @@ def read_pseudo_label(pseudo_label_dir: str, example_id: str,
 class TrainTransform(grain.transforms.RandomMap):
   """One training example -> {'image': float32 [h, w, 3], 'label': int32 [h, w]} (label optional).
 
-  Order: resize (bicubic / nearest) -> random crop -> random flip -> FDA -> BGR minus mean.
-  Crop and flip use one draw for image and label, so they stay aligned.
+  Order: resize (bicubic / nearest) -> random crop -> random flip -> random Gaussian blur (image
+  only) -> FDA -> BGR minus mean. Crop and flip use one draw for image and label, so they stay
+  aligned.
   """
 
   dataset: str  # for error messages: "<name>/<builder_config>:<split>"
@@ -214,12 +216,13 @@ class TrainTransform(grain.transforms.RandomMap):
   fda_images: Any = None  # a data source of target-train images for FDA
   domain: str = "target"  # whose config key error messages name
   rcs_crop: rcs.CropCheck | None = None  # rare class sampling: redraw crops missing the class
+  blur_probability: float = 0.0  # Gaussian blur with sigma U(0, dp.BLUR_MAX_SIGMA) this often
 
   def random_map(self, example, rng: np.random.Generator):
     stored_label = self.with_label and not self.pseudo_label_dir
     image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
                                              allow_rescaled=True)
-    top, left, flipped, fda_index = self.draw(rng, *self._rcs_target(example, label))
+    top, left, flipped, fda_index, blur_sigma = self.draw(rng, *self._rcs_target(example, label))
     stored_hw = image.shape[:2]
     image = resize_image(image, self.resize_hw)
     if self.pseudo_label_dir:
@@ -232,6 +235,8 @@ class TrainTransform(grain.transforms.RandomMap):
     if flipped:
       image = image[:, ::-1]
       label = None if label is None else label[:, ::-1]
+    if blur_sigma > 0:
+      image = dp.gaussian_blur(image[None], np.array([blur_sigma]))[0].astype(np.uint8)
     pixels = image
     if fda_index is not None:
       partner = resize_image(np.asarray(self.fda_images[fda_index]["image"]), image.shape[:2])
@@ -244,8 +249,9 @@ class TrainTransform(grain.transforms.RandomMap):
     return out
 
   def draw(self, rng: np.random.Generator, rcs_label: np.ndarray | None = None,
-           rcs_class: int | None = None) -> tuple[int, int, bool, int | None]:
-    """(crop top, crop left, flip, FDA partner index or None): every random choice of an example.
+           rcs_class: int | None = None) -> tuple[int, int, bool, int | None, float]:
+    """(crop top, crop left, flip, FDA partner index or None, blur sigma): every random choice
+    of an example.
 
     Both preprocessing paths draw through here, in this order, so they see the same numbers.
     With rare class sampling (`rcs_label`: the label at resize_hw, `rcs_class`: the class drawn
@@ -268,7 +274,11 @@ class TrainTransform(grain.transforms.RandomMap):
     fda_index = None
     if self.fda_beta > 0:
       fda_index = int(rng.integers(0, len(self.fda_images)))
-    return top, left, flipped, fda_index
+    blur_sigma = 0.0
+    if self.blur_probability > 0:  # Toldo et al.: random() < 0.5, then radius random()
+      blurred = rng.random() < self.blur_probability
+      blur_sigma = float(rng.random() * dp.BLUR_MAX_SIGMA) if blurred else 0.0
+    return top, left, flipped, fda_index, blur_sigma
 
   def _rcs_target(self, example, label) -> tuple[np.ndarray | None, int | None]:
     """(label at resize_hw, drawn class) for `draw`'s crop check; (None, None): no check."""
@@ -314,9 +324,11 @@ class RawTrainTransform(TrainTransform):
     stored_label = self.with_label and not self.pseudo_label_dir
     image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
                                              allow_rescaled=True)
-    top, left, flipped, fda_index = self.draw(rng, *self._rcs_target(example, label))
+    top, left, flipped, fda_index, blur_sigma = self.draw(rng, *self._rcs_target(example, label))
     out = {dp.IMAGE: _at_size(image, self.image_hw, resize_image),
            dp.CROP: np.array([top, left], np.int32), dp.FLIP: np.bool_(flipped)}
+    if self.blur_probability > 0:
+      out[dp.BLUR] = np.float32(blur_sigma)
     if self.pseudo_label_dir:
       out[dp.LABEL] = self._pseudo_label(example_id, image.shape[:2])
     elif label is not None:
@@ -329,14 +341,18 @@ class RawTrainTransform(TrainTransform):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalTransform(grain.transforms.Map):
-  """One example -> model-size image, full-resolution label, raw image and id (batch axis 1)."""
+  """One example -> model-size image, full-resolution label (or at `label_hw`, PIL nearest),
+  raw image and id (batch axis 1)."""
 
   dataset: str
   resize_hw: tuple[int, int]
   label_lut: np.ndarray | None = None
+  label_hw: tuple[int, int] | None = None
 
   def map(self, example):
     image, label, example_id = _read_example(example, self.dataset, with_label=True)
+    if self.label_hw:
+      label = resize_label(label, self.label_hw)
     if self.label_lut is not None:
       label = self.label_lut[label]
     return {
@@ -591,7 +607,8 @@ def device_spec(config, domain: str) -> dp.StreamSpec:
   return dp.StreamSpec(
       resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
       label_lut=None if lut is None else tuple(int(v) for v in lut),
-      fda_beta=float(config.data.get("fda_beta", 0.0)) if domain == "source" else 0.0)
+      fda_beta=float(config.data.get("fda_beta", 0.0)) if domain == "source" else 0.0,
+      blur=float(config.data.get("blur_probability", 0.0)) > 0)
 
 
 def _rare_class_sampling(config, domain: str, data_source, from_tfds: bool, labels_from: str):
@@ -656,7 +673,8 @@ def create_train_iterator(
       dataset=desc, resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
       with_label=with_label, pseudo_label_dir=labels_from,
       fda_beta=float(config.data.get("fda_beta", 0.0)) if fda_data_source is not None else 0.0,
-      fda_images=fda_data_source, domain=domain, rcs_crop=rcs_crop)
+      fda_images=fda_data_source, domain=domain, rcs_crop=rcs_crop,
+      blur_probability=float(config.data.get("blur_probability", 0.0)))
   if on_device:
     transform = RawTrainTransform(
         **common,
@@ -702,22 +720,26 @@ def create_eval_iterator(config, split_config=None, *, max_examples: int = 0, da
   """A finite, re-iterable stream of single examples in the data source's fixed order.
 
   Each element: {'image': float32 [1, h, w, 3] at split_config.resize_hw (model input),
-  'label': uint8 [1, H, W] at full stored resolution in config.data.label_space,
+  'label': uint8 [1, H, W] at full stored resolution in config.data.label_space (the validation
+  split: at config.eval.label_hw when set, the resolution some references score at),
   'raw_image': uint8 [1, H, W, 3] original RGB, 'id': str}. Every process sees every example.
 
   Args:
     config: the full config.
-    split_config: defaults to config.data.val.
+    split_config: defaults to config.data.val (then config.eval.label_hw applies).
     max_examples: the first N examples (0: split_config.max_examples, and 0 there = all).
     data_source: injected examples instead of the prepared TFDS split.
   """
+  label_hw = None
+  if split_config is None and config.eval.get("label_hw", ()):
+    label_hw = _check_hw(config.eval.label_hw, "config.eval.label_hw")
   split_config = split_config or config.data.val
   if data_source is None:
     data_source = datasets.open_data_source(split_config, config.data.data_dir)
   transform = EvalTransform(
       dataset=_dataset_desc(split_config),
       resize_hw=_check_hw(split_config.resize_hw, "resize_hw of the evaluation split"),
-      label_lut=label_lut(config.data.label_space, split_config.name))
+      label_lut=label_lut(config.data.label_space, split_config.name), label_hw=label_hw)
   ds = grain.MapDataset.source(data_source)[:_eval_length(split_config, data_source, max_examples)]
   ds = ds.map(transform)
   buffer_size = max(2, int(config.data.get("prefetch_buffer_size", 2)))

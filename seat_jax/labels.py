@@ -48,8 +48,12 @@ _TRAIN19_OF_16 = tuple(CITYSCAPES_CLASSES.index(c) for c in SYNTHIA16_CLASSES)
 SYNTHIA16_PALETTE = CITYSCAPES_PALETTE[list(_TRAIN19_OF_16)]
 
 # mIoU13 = mIoU16 without wall, fence and pole; indices in the 16-class space.
-MIOU13_OF_16 = tuple(
-    i for i, c in enumerate(SYNTHIA16_CLASSES) if c not in ("wall", "fence", "pole"))
+_NOT_IN_MIOU13 = ("wall", "fence", "pole")
+MIOU13_OF_16 = tuple(i for i, c in enumerate(SYNTHIA16_CLASSES) if c not in _NOT_IN_MIOU13)
+# The same means over a 19-output model (FDA trains SYNTHIA with 19 outputs and scores its
+# 19-class IoU over these indices, `evaluation_multi.py`): indices in the 19-class space.
+MIOU16_OF_19 = _TRAIN19_OF_16
+MIOU13_OF_19 = tuple(i for i in _TRAIN19_OF_16 if CITYSCAPES_CLASSES[i] not in _NOT_IN_MIOU13)
 
 
 def _lut(pairs: dict[int, int]) -> np.ndarray:
@@ -78,6 +82,8 @@ SYNTHIA_RAW_TO_TRAIN16 = _lut({
 
 # 19 train ids -> 16-class ids, for evaluating a SYNTHIA model on Cityscapes ground truth.
 TRAIN19_TO_TRAIN16 = _lut({t19: t16 for t16, t19 in enumerate(_TRAIN19_OF_16)})
+# 16-class ids -> 19 train ids, for training a 19-output model on SYNTHIA's stored labels (FDA).
+TRAIN16_TO_TRAIN19 = _lut(dict(enumerate(_TRAIN19_OF_16)))
 
 # Every raw id the tables know: Cityscapes labelIds 0..33 (GTA5 labels store the same ids; the
 # license plate's -1 never appears in a labelId PNG) and SYNTHIA's 0..22. An id outside these is
@@ -86,7 +92,10 @@ NUM_CITYSCAPES_LABEL_IDS = 34
 KNOWN_CITYSCAPES_LABEL_IDS = tuple(range(NUM_CITYSCAPES_LABEL_IDS))
 KNOWN_SYNTHIA_RAW_IDS = tuple(sorted(SYNTHIA_RAW_IDS.values()))
 
-LABEL_SPACES = ("cityscapes19", "synthia16")
+# synthia19: SYNTHIA -> Cityscapes with 19 outputs (FDA's SYNTHIA model): the Cityscapes classes,
+# scored as mIoU13 / mIoU16 over the 19-class IoU (terrain, truck and train stay in the
+# confusion matrix, as FDA's evaluation keeps them), plus mIoU19.
+LABEL_SPACES = ("cityscapes19", "synthia16", "synthia19")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +141,15 @@ def get_label_space(name: str) -> LabelSpace:
         cityscapes_label_ids=cityscapes_ids[_synthia16_to_train19()],
         # The paper reports 13 classes on SYNTHIA (section 4.1); mIoU16 is printed beside it.
         subsets={"mIoU13": MIOU13_OF_16, "mIoU16": None})
+  if name == "synthia19":
+    return LabelSpace(
+        name=name, classes=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE,
+        cityscapes_label_ids=cityscapes_ids,
+        subsets={"mIoU13": MIOU13_OF_19, "mIoU16": MIOU16_OF_19, "mIoU19": None})
   raise ValueError(
       f"config.data.label_space must be one of {LABEL_SPACES}; got {name!r}. Use cityscapes19 "
-      "for GTA5 -> Cityscapes and synthia16 for SYNTHIA -> Cityscapes.")
+      "for GTA5 -> Cityscapes and synthia16 for SYNTHIA -> Cityscapes (synthia19: FDA's "
+      "19-output SYNTHIA model).")
 
 
 def label_space_for(config) -> LabelSpace:
@@ -151,15 +166,19 @@ def label_space_for(config) -> LabelSpace:
 def conversion_lut(stored: str, wanted: str) -> np.ndarray | None:
   """The LUT that maps labels stored in label space `stored` into `wanted` (None: the same).
 
-  The only conversion needed is 19 -> 16 (terrain/truck/train -> ignore), for a SYNTHIA-trained
-  model read on Cityscapes labels.
+  19 -> 16 (terrain/truck/train -> ignore) for a 16-class SYNTHIA model read on Cityscapes
+  labels; 16 -> 19 for a 19-output SYNTHIA model (synthia19) read on SYNTHIA's stored labels,
+  whose Cityscapes labels are already its ids.
   """
-  if stored == wanted:
+  if stored == wanted or (stored, wanted) == ("cityscapes19", "synthia19"):
     return None
   if (stored, wanted) == ("cityscapes19", "synthia16"):
     return TRAIN19_TO_TRAIN16
+  if (stored, wanted) == ("synthia16", "synthia19"):
+    return TRAIN16_TO_TRAIN19
   raise ValueError(f"labels stored as {stored!r} cannot be read as {wanted!r}; expected one of "
-                   f"{LABEL_SPACES} with a conversion 'cityscapes19' -> 'synthia16'.")
+                   f"{LABEL_SPACES} with a conversion 'cityscapes19' -> 'synthia16'|'synthia19' "
+                   "or 'synthia16' -> 'synthia19'.")
 
 
 def colorize(train_ids: np.ndarray,

@@ -22,8 +22,8 @@ _MANUAL_DIR = flags.DEFINE_string(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default ~/tensorflow_datasets).")
 _BUILDER_CONFIG = flags.DEFINE_string(
     "builder_config", None,
-    "gta5: original|translated|original_1280x720|translated_1280x720; cityscapes: "
-    "full|train_1024x512; synthetic_streets: source|target.")
+    "gta5: original|translated|original_1280x720|translated_1280x720; synthia: "
+    "original|translated; cityscapes: full|train_1024x512; synthetic_streets: source|target.")
 
 
 def run(argv: list[str]) -> int:

@@ -245,12 +245,13 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
 
 def test_get_builder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"python -m seat_jax.prepare_data synthia "
+                                              r"--builder_config=original "
                                               r"--manual_dir=<folder with the raw synthia files>"):
     datasets.get_builder("synthia", str(tmp_path))
   with pytest.raises(ValueError, match=r"expected one of \['original', 'translated', "
                                        r"'original_1280x720', 'translated_1280x720'\]"):
     datasets.get_builder("gta5", str(tmp_path), "cyclegan")
-  with pytest.raises(ValueError, match="has no builder configs"):
+  with pytest.raises(ValueError, match=r"expected one of \['original', 'translated'\]"):
     datasets.get_builder("synthia", str(tmp_path), "fine")
   with pytest.raises(ValueError, match="Unknown dataset 'kitti'"):
     datasets.get_builder("kitti", str(tmp_path))
@@ -295,6 +296,38 @@ def test_synthia_raw_ids_outside_the_table_are_counted(synthia):
     if values.size:
       expected[example_id] = {str(v): int(n) for v, n in zip(values, counts)}
   assert expected and reported == expected
+
+
+def test_synthia_translated_uses_other_image_folder(synthia):
+  root, _, ids = synthia
+  data_dir = root / "data_translated"
+  datasets.prepare("synthia", str(data_dir), str(root / "manual"), "translated")
+  source = _by_id(datasets.get_builder("synthia", str(data_dir), "translated")
+                  .as_data_source("train"))
+  original = _by_id(datasets.get_builder("synthia", str(root / "data")).as_data_source("train"))
+  assert sorted(source) == ids
+  for index, example_id in enumerate(ids):
+    example = source[example_id]
+    assert example["image"].shape == (4, 8, 3)  # the rescaled translated image
+    image = np.random.default_rng(index).integers(0, 256, size=(8, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        example["image"], np.asarray(Image.fromarray(255 - image).resize((8, 4))))
+    np.testing.assert_array_equal(example["label"], original[example_id]["label"])
+
+
+def test_synthia_translated_without_its_folder_names_it(synthia, tmp_path):
+  manual = tmp_path / "manual"
+  shutil.copytree(synthia[0] / "manual", manual)
+  shutil.rmtree(manual / "translated_RGB")
+  with pytest.raises(common.DataError, match=r"(?s)missing .*translated_RGB.*your\s+CycleGAN"):
+    datasets.prepare("synthia", str(tmp_path / "data"), str(manual), "translated")
+
+
+def test_synthia_build_from_before_the_configs_gets_a_hint(tmp_path):
+  (tmp_path / "synthia" / "1.0.0").mkdir(parents=True)
+  with pytest.raises(datasets.DatasetNotPreparedError,
+                     match=r"(?s)builder_config 'original'.*synthia/1\.0\.0 holds a build"):
+    datasets.get_builder("synthia", str(tmp_path))
 
 
 @pytest.mark.parametrize("channels", [3, 4])

@@ -139,6 +139,49 @@ def test_device_path_matches_host_path_with_crop_flip_fda_and_label_lut():
     _assert_close(h["image"], d["image"])
 
 
+def test_gaussian_blur_is_pils_up_to_its_box_approximation():
+  """Toldo et al. call PIL's GaussianBlur(radius=sigma), three box blurs approximating the
+  Gaussian that `dp.gaussian_blur` computes; sigma 0 leaves the image as it is."""
+  from PIL import ImageFilter  # pylint: disable=g-import-not-at-top
+  image = _photo_like((60, 90), 1)
+  np.testing.assert_array_equal(dp.gaussian_blur(image[None], np.zeros(1))[0], image)
+  for sigma in (0.3, 0.6, 0.99):
+    ours = dp.gaussian_blur(image[None], np.array([sigma]))[0]
+    pil = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=sigma)))
+    change = np.abs(pil.astype(np.float32) - image).mean()
+    assert np.abs(ours - pil).mean() < 1.0 and (sigma < 0.5 or change > 3.0), sigma
+  device = jax.jit(lambda x, s: dp.gaussian_blur(x, s, jax.numpy))(
+      image[None].astype(np.float32), np.array([0.7], np.float32))
+  _assert_close(np.asarray(device)[0], dp.gaussian_blur(image[None], np.array([0.7]))[0])
+
+
+def test_blur_draws_half_the_examples_and_both_paths_apply_it():
+  config = _config(blur_probability=0.5, preprocess_on="device")
+  data = _examples(4, (53, 97))
+  raw = ip.create_train_iterator(config, "source", seed=3, data_source=data)
+  sigmas = np.concatenate([next(raw)[dp.BLUR] for _ in range(20)])
+  assert sigmas.dtype == np.float32 and 0.3 < np.mean(sigmas > 0) < 0.7
+  assert sigmas.max() < 1.0
+  again = ip.create_train_iterator(config, "source", seed=3, data_source=data)
+  np.testing.assert_array_equal(np.concatenate([next(again)[dp.BLUR] for _ in range(20)]),
+                                sigmas)  # deterministic per seed
+  # The other draws are those of a run without blur (blur draws come last).
+  off = ip.create_train_iterator(_config(preprocess_on="device"), "source", seed=3,
+                                 data_source=data)
+  np.testing.assert_array_equal(next(off)[dp.CROP], next(
+      ip.create_train_iterator(config, "source", seed=3, data_source=data))[dp.CROP])
+  config = _config(flip=True, blur_probability=1.0)
+  host, device = _host_and_device(config, "source", 2, data_source=data)
+  plain, _ = _host_and_device(_config(flip=True), "source", 2, data_source=data)
+  for h, d, p in zip(host, device, plain):
+    _assert_close(h["image"], d["image"])
+    np.testing.assert_array_equal(h["label"], p["label"])  # labels are not blurred
+    assert np.abs(h["image"] - p["image"]).mean() > 1.0
+  host, device = _host_and_device(config, "target", 2, data_source=_examples(3, (20, 33)))
+  for h, d in zip(host, device):
+    _assert_close(h["image"], d["image"])
+
+
 def test_rescaled_images_and_odd_sizes_are_handled_on_both_paths():
   # CycleGAN-translated GTA5: the image at half the label's resolution, same aspect ratio.
   config = _config()

@@ -165,6 +165,29 @@ def test_mean_iou_subsets_for_synthia16_and_cityscapes19():
     labels.get_label_space("gta19")
 
 
+def test_synthia19_scores_fda_subsets_of_the_19_class_iou():
+  """FDA's SYNTHIA model has 19 outputs; evaluation_multi.py prints mIoU16 and mIoU13 as means
+  of its 19-class IoU over these hand-copied index lists."""
+  fda16 = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]
+  fda13 = [0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]
+  space = labels.get_label_space("synthia19")
+  assert space.classes == labels.CITYSCAPES_CLASSES
+  ious = np.linspace(0.05, 0.95, 19)
+  means = metrics.summary_metrics(ious, space)
+  assert list(means) == ["mIoU13", "mIoU16", "mIoU19"]
+  assert means["mIoU13"] == pytest.approx(ious[fda13].mean())
+  assert means["mIoU16"] == pytest.approx(ious[fda16].mean())
+  assert means["mIoU19"] == pytest.approx(ious.mean())
+  # Cityscapes terrain pixels stay in the confusion matrix (synthia16 ignores them): a terrain
+  # pixel predicted as vegetation is a false positive of vegetation.
+  gt, pred = np.array([8, 9]), np.array([8, 8])
+  iou19 = metrics.iou_per_class(metrics.confusion_matrix(gt, pred, 19))
+  assert iou19[8] == 0.5
+  config = tiny_config()
+  config.data.label_space = "synthia19"
+  assert labels.label_space_for(config).num_classes == 19
+
+
 def test_predictions_are_written_as_cityscapes_label_ids():
   space19 = labels.get_label_space("cityscapes19")
   np.testing.assert_array_equal(

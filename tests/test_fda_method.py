@@ -429,6 +429,8 @@ def _load(spec):
     ("gta.py:fda_b001", 0.01, False, ()), ("gta.py:fda_b005", 0.05, False, ()),
     ("gta.py:fda_b009", 0.09, False, ()), ("gta.py:fda_b001_seat", 0.01, True, (3, 4)),
     ("synthia.py:fda_b005", 0.05, False, ()), ("synthia.py:fda_b009_seat", 0.09, True, (4,)),
+    ("synthia.py:fda_b001_out16", 0.01, False, ()),
+    ("synthia.py:fda_b005_seat_out16", 0.05, True, (4,)),
 ])
 def test_presets_follow_fda_recipe(spec, beta, seat, layer_switch, monkeypatch):
   monkeypatch.chdir(REPO)
@@ -456,7 +458,16 @@ def test_presets_follow_fda_recipe(spec, beta, seat, layer_switch, monkeypatch):
   assert tuple(config.data.source.resize_hw) == ((720, 1280) if gta else (760, 1280))
   assert tuple(config.data.source.crop_hw) == (512, 1024)
   assert tuple(config.data.target.resize_hw) == (512, 1024)
-  assert config.data.source.builder_config == ("original" if gta else "")
+  assert config.data.source.builder_config == "original"
+  # data/synthia_dataset.py maps SYNTHIA to the 19 train ids, model/deeplab.py has 19 outputs
+  # and the robust entropy divides by 2.9444 = ln 19; evaluation_multi.py prints mIoU16 and
+  # mIoU13 of the 19-class IoU. `_out16`: the 16-class model instead.
+  out16 = spec.endswith("_out16")
+  assert config.model.num_classes == (16 if out16 else 19)
+  assert config.data.label_space == (
+      "cityscapes19" if gta else "synthia16" if out16 else "synthia19")
+  # data/__init__.py cs_size_test: evaluation_multi.py feeds 1344x576 validation images.
+  assert tuple(config.data.val.resize_hw) == (576, 1344)
   # getSudoLabel_multi.py: class-wise, sorted[round(0.66 N)], cap 0.9.
   assert (config.pseudo.rule, config.pseudo.quantile, config.pseudo.cap) == (
       "class_quantile", 0.66, 0.9)
@@ -476,3 +487,4 @@ def test_stage2_presets_are_fda_ssl_rounds(monkeypatch):
       "REQUIRED")
   demo = _load("demo.py:fda_b001_seat")
   assert demo.data.fda_beta == 0.01 and demo.train.num_steps == presets.demo().train.num_steps
+  assert tuple(demo.data.val.resize_hw) == tuple(presets.demo().data.val.resize_hw)

@@ -266,20 +266,45 @@ def test_eval_stream_has_full_resolution_labels_and_model_size_images():
   assert ip.num_eval_examples(config, data_source=data) == 1
 
 
-def test_synthia16_label_space_maps_cityscapes_target_labels():
-  pytest.importorskip("seat_jax.labels")
-  config = _config(label_space="synthia16")
-  config.data.val.name = "cityscapes"
-  label = np.concatenate([np.arange(19, dtype=np.uint8), [255]]).reshape(4, 5, 1)
+_LABEL19 = [*range(19), 255]
+_LABEL16 = [*range(16), 255, 255, 255, 255]
+
+
+@pytest.mark.parametrize("label_space,dataset,stored,expected", [
+    # 19 -> 16: terrain (9), truck (14), train (16) are not SYNTHIA classes; the rest close up.
+    ("synthia16", "cityscapes", _LABEL19,
+     [0, 1, 2, 3, 4, 5, 6, 7, 8, 255, 9, 10, 11, 12, 255, 13, 255, 14, 15, 255]),
+    ("synthia16", "synthia", _LABEL19, _LABEL19),  # SYNTHIA already stores 16 ids: as stored
+    # FDA's 19-output SYNTHIA model: SYNTHIA's 16 stored ids become the 19 train ids (its
+    # data/synthia_dataset.py maps to them); Cityscapes labels are read as they are.
+    ("synthia19", "synthia", _LABEL16,
+     [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18, 255, 255, 255, 255]),
+    ("synthia19", "cityscapes", _LABEL16, _LABEL16),
+])
+def test_label_space_maps_the_stored_labels(label_space, dataset, stored, expected):
+  config = _config(label_space=label_space)
+  config.data.val.name = dataset
+  label = np.asarray(stored, np.uint8).reshape(4, 5, 1)
   data = ListSource([{"image": np.zeros((4, 5, 3), np.uint8), "label": label, "id": "x"}])
   got = next(iter(ip.create_eval_iterator(config, data_source=data)))["label"].ravel()
-  # 19 -> 16: terrain (9), truck (14), train (16) are not SYNTHIA classes; the rest close up.
-  expected = [0, 1, 2, 3, 4, 5, 6, 7, 8, 255, 9, 10, 11, 12, 255, 13, 255, 14, 15, 255]
   np.testing.assert_array_equal(got, expected)
-  # SYNTHIA itself already stores 16 ids: read as stored.
-  config.data.val.name = "synthia"
-  got = next(iter(ip.create_eval_iterator(config, data_source=data)))["label"].ravel()
-  np.testing.assert_array_equal(got, label.ravel())
+
+
+def test_eval_label_hw_scores_validation_labels_at_that_size():
+  """DACS and Toldo et al. score nearest-resized 512x1024 labels: config.eval.label_hw, for the
+  validation split only (pseudo-labelling and ranking read other splits at full size)."""
+  config = _config()
+  label = np.arange(8 * 16, dtype=np.uint8).reshape(8, 16, 1) % 19
+  data = ListSource([{"image": np.zeros((8, 16, 3), np.uint8), "label": label, "id": "x"}])
+  full = next(iter(ip.create_eval_iterator(config, data_source=data)))
+  assert full["label"].shape == (1, 8, 16)
+  config.eval.label_hw = (4, 8)
+  small = next(iter(ip.create_eval_iterator(config, data_source=data)))
+  expected = np.asarray(Image.fromarray(label[..., 0]).resize((8, 4), Image.Resampling.NEAREST))
+  np.testing.assert_array_equal(small["label"][0], expected)
+  assert small["raw_image"].shape == (1, 8, 16, 3)
+  other = next(iter(ip.create_eval_iterator(config, config.data.target, data_source=data)))
+  assert other["label"].shape == (1, 8, 16)
 
 
 def test_unknown_label_space_is_a_clear_error():

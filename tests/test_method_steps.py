@@ -89,6 +89,22 @@ def test_mixed_image_norm_choice_decides_which_statistics_move(norm):
                      _domain_stats(s1.batch_stats, "target")) < 1e-5
 
 
+def test_mic_masked_pass_enters_the_running_statistics_only_when_asked():
+  """MIC's student runs the masked image in train mode (its shared BN's running statistics
+  absorb it): mix.mic_update_stats. Off, the statistics are those of a step without MIC."""
+  shared = dict(model__norm_mode="shared", mix__enabled=True, mix__norm="target")
+  runs = {}
+  for name, extra in (("no_mic", {}), ("off", dict(mix__mic_weight=1.0, mix__mic_block=8)),
+                      ("on", dict(mix__mic_weight=1.0, mix__mic_block=8,
+                                  mix__mic_update_stats=True))):
+    state, step, weights = _compiled(**shared, **extra)
+    runs[name] = _run(state, step, weights)[0][1]
+  assert _max_diff(runs["off"].batch_stats, runs["no_mic"].batch_stats) == 0.0
+  assert _max_diff(runs["on"].batch_stats, runs["off"].batch_stats) > 0
+  # Train-mode BN normalises with the batch's own statistics: the update is the same.
+  assert _max_diff(runs["on"].params, runs["off"].params) == 0.0
+
+
 @pytest.mark.parametrize("overrides,metric_names", [
     (dict(model__num_classes=19, differential__stuff_weight=1.0,
           differential__thing_weight=1.0, differential__stuff_bank=1,

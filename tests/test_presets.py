@@ -15,6 +15,7 @@ from seat_jax import labels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FDA = ("fda_b001", "fda_b005", "fda_b009", "fda_b001_seat", "fda_b005_seat", "fda_b009_seat")
+FDA16 = tuple(f"{row}_out16" for row in FDA)  # SYNTHIA: FDA with 16 outputs
 INTRADA = ("intrada", "intrada_seat")
 DIFFERENTIAL = ("differential", "differential_seat")
 CLUSTERING = ("clustering_source", "clustering", "clustering_seat_source", "clustering_seat")
@@ -25,9 +26,9 @@ ROWS = {
                "advent", "advent_seat", "source_only", "cycada", *INTRADA, *FDA, *DIFFERENTIAL,
                *CLUSTERING, *MIXING),
     "gta_stage2.py": ("", "mul", *INTRADA, *FDA),
-    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA, *DIFFERENTIAL, *CLUSTERING,
-                   *MIXING),
-    "synthia_stage2.py": ("", "mul", *FDA),
+    "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA, *FDA16, *DIFFERENTIAL,
+                   *CLUSTERING, *MIXING),
+    "synthia_stage2.py": ("", "mul", *FDA, *FDA16),
     "demo.py": ("", "shared", "sat", "seat", *INTRADA, "intrada_stage2", "intrada_seat_stage2",
                 *FDA, *DIFFERENTIAL, *CLUSTERING, "dacs", "dacs_seat", "daformer",
                 "daformer_seat", "mic", "mic_seat"),
@@ -79,6 +80,24 @@ def test_every_preset_and_row_loads_and_validates(name, row):
   # ... unless scratch is asked for on purpose.
   config.init_from = config_validation.SCRATCH
   config_validation.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("name,rows", [(n, r) for n, r in ROWS.items() if n != "demo.py"])
+def test_every_preset_reads_builder_configs_that_exist(name, rows):
+  """A preset that names a builder config the dataset lacks fails only once its data is opened
+  (synthia.py:differential asked for synthia/translated before that config existed)."""
+  from seat_jax import datasets  # pylint: disable=g-import-not-at-top  (imports TFDS)
+  for row in rows:
+    config = load(name, row)
+    for split in ("source", "target", "val"):
+      entry = config.data[split]
+      names = [c.name for c in datasets.builder_class(entry.name).BUILDER_CONFIGS]
+      assert entry.builder_config in ("", *names), (name, row, split)  # "": the default
+
+
+def test_sim_trains_on_translated_synthia():
+  for row in DIFFERENTIAL:
+    assert load("synthia.py", row).data.source.builder_config == "translated"
 
 
 @pytest.mark.parametrize("name,row", [(n, r) for n in ("gta_stage2.py", "synthia_stage2.py")
@@ -156,9 +175,9 @@ def test_gta_rows_follow_the_paper(row):
 
 
 SYNTHIA_ROWS = {
-    "aa": dict(norm="shared", affine=False, adv="single", aux_ce=0.0, source="", ls=()),
-    "seat": dict(norm="seat", affine=True, adv="single", aux_ce=0.0, source="", ls=()),
-    "mul": dict(norm="seat", affine=True, adv="multi_level_sum", aux_ce=0.1, source="", ls=(4,)),
+    "aa": dict(norm="shared", affine=False, adv="single", aux_ce=0.0, source="original", ls=()),
+    "seat": dict(norm="seat", affine=True, adv="single", aux_ce=0.0, source="original", ls=()),
+    "mul": dict(norm="seat", affine=True, adv="multi_level_sum", aux_ce=0.1, source="original", ls=(4,)),
 }
 
 
@@ -243,6 +262,17 @@ def test_clustering_follows_udaclustering(name, weights):
   assert adapt.data.flip and adapt.model.bn_affine_trainable and adapt.model.aspp_branches == 2
   assert source.loss.aux_weight == adapt.loss.aux_weight == 0.0  # one head on layer4
   assert load(name, "clustering_seat").model.norm_mode == "seat"
+  for row in CLUSTERING:
+    config = load(name, row)
+    # Its README trains on the original GTA5 images; its dataset classes blur source and target
+    # images with p 0.5 (gaussian_blur defaults to True in train_source.py / train_UDA.py).
+    assert config.data.source.builder_config == "original"
+    assert config.data.blur_probability == 0.5
+    assert tuple(config.eval.label_hw) == (512, 1024)  # _val_sync_transform: labels 1024x512
+  # Its own Cityscapes split: datasets/Cityscapes/train.txt, 2,475 of the 2,975 train images.
+  ids = pathlib.Path(adapt.data.target.ids_file).read_text().split()
+  assert len(ids) == len(set(ids)) == 2475
+  assert ids[0] == "aachen_000000_000019" and "dusseldorf_000010_000019" not in ids  # val.txt
 
 
 @pytest.mark.parametrize("name", ["gta.py", "synthia.py"])
@@ -256,6 +286,8 @@ def test_mixing_presets_follow_dacs_daformer_and_mic(name):
   assert tuple(dacs.data.source.crop_hw) == tuple(dacs.data.target.crop_hw) == (512, 512)
   assert (dacs.model.norm_mode, dacs.model.bn_affine_trainable) == ("shared", False)
   assert dacs.mix.fd_weight == 0 and dacs.data.source.rcs_temperature == 0
+  # DACS scores labels nearest-resized to 512x1024; DAFormer and MIC full-size labels.
+  assert tuple(dacs.eval.label_hw) == tuple(load(name, "dacs_seat").eval.label_hw) == (512, 1024)
   daformer = load(name, "daformer_dlv2")
   assert (daformer.optim.name, daformer.optim.lr, daformer.optim.weight_decay) == (
       "adamw", 6e-5, 0.01)
@@ -263,8 +295,14 @@ def test_mixing_presets_follow_dacs_daformer_and_mic(name):
   assert daformer.train.num_steps == 40_000 and daformer.mix.teacher_alpha == 0.999
   assert (daformer.data.source.rcs_temperature, daformer.mix.fd_weight) == (0.01, 0.005)
   assert daformer.model.bn_affine_trainable and daformer.mix.mic_weight == 0
+  assert tuple(daformer.eval.label_hw) == ()
   mic = load(name, "mic_dlv2")
   assert (mic.mix.mic_weight, mic.mix.mic_block, mic.mix.mic_ratio) == (1.0, 32, 0.7)
+  # MIC's student runs the masked image in train mode (its dacs.py calls forward_train), so
+  # one shared BN's running statistics absorb it; SEAT norms keep them to unmasked images.
+  assert mic.mix.mic_update_stats and not load(name, "mic_dlv2_seat").mix.mic_update_stats
+  assert load("demo.py", "mic").mix.mic_update_stats
+  assert not load("demo.py", "mic_seat").mix.mic_update_stats
   for row in MIXING:
     config = load(name, row)
     seat = row.endswith("_seat")

@@ -2,7 +2,8 @@
 
   python -m data_builders.synthia.make_fake_data /tmp/fake_synthia
 
-RGB/NNNNNNN.png are 8-bit RGB; GT/LABELS/NNNNNNN.png are 16-bit RGB PNGs with the class id in R
+RGB/NNNNNNN.png are 8-bit RGB; translated_RGB/NNNNNNN.png (for the 'translated' config) are the
+inverted images at half resolution (CycleGAN outputs are often rescaled); GT/LABELS/NNNNNNN.png are 16-bit RGB PNGs with the class id in R
 and a fake instance id (up to 976, as in the real files) in G, written by `write_png16`, a small
 PNG encoder independent of the reader under test. It cycles through all five PNG row filters
 (None, Sub, Up, Average, Paeth), as libpng's adaptive filtering would, so a reader that undoes
@@ -83,12 +84,15 @@ def make_fake_data(root, num_examples: int = 3, size_hw: tuple[int, int] = (8, 1
   """Writes the fake dataset under `root`; returns the ids. Example i has id f'{i:07d}'."""
   root = epath.Path(root)
   (root / "RGB").mkdir(parents=True, exist_ok=True)
+  (root / "translated_RGB").mkdir(parents=True, exist_ok=True)
   (root / "GT" / "LABELS").mkdir(parents=True, exist_ok=True)
   ids = [f"{i:07d}" for i in range(num_examples)]
   for i, example_id in enumerate(ids):
     image = np.random.default_rng(i).integers(0, 256, size=(*size_hw, 3), dtype=np.uint8)
     with (root / "RGB" / f"{example_id}.png").open("wb") as f:
       Image.fromarray(image).save(f, format="PNG")
+    with (root / "translated_RGB" / f"{example_id}.png").open("wb") as f:
+      Image.fromarray(255 - image).resize((size_hw[1] // 2, size_hw[0] // 2)).save(f, format="PNG")
     write_png16(root / "GT" / "LABELS" / f"{example_id}.png", fake_raw_labels(i, size_hw))
   return ids
 

@@ -13,10 +13,19 @@ terrain/truck/train become 255. A label that is not a 16-bit multi-channel PNG (
 of the 8-bit "parsed" or "mapped to Cityscapes" copies that other repos distribute) is refused:
 its values would be other ids.
 
+Configs:
+  original:   the rendered images from `RGB/` (the 1.0.0 data).
+  translated: SYNTHIA images restyled as Cityscapes (BDL's CycleGAN "SYNTHIA as CityScapes
+              (DeepLab)" set, which differential treatment/SIM trains on), read from
+              `translated_RGB/` with the same file names as `GT/LABELS/`. The user supplies them,
+              as for gta5's translated config; an image at another resolution than its label is
+              kept when the aspect ratio is the same (the input pipeline resizes both).
+
 No pre-resized config: SYNTHIA is stored at 1280x760, already the references' input size, so
 training neither resizes it nor decodes more pixels than it uses.
 """
 
+import dataclasses
 import io
 import struct
 
@@ -33,6 +42,8 @@ _LAYOUT = """\
   <manual_dir>/             (the extracted RAND_CITYSCAPES/ folder)
     RGB/          0000000.png ... 0009399.png  (RGB, 1280x760)
     GT/LABELS/    0000000.png ... 0009399.png  (16-bit multi-channel PNG, class id in R)
+    translated_RGB/  0000000.png ...           (only for --builder_config=translated: your
+                                                CycleGAN SYNTHIA->Cityscapes images, same names)
     (GT/COLOR/ and Depth/ may be present; they are not read)"""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -116,11 +127,28 @@ def _check_label_format(path: epath.Path) -> None:
     read_png16(path)  # raises the full explanation
 
 
+@dataclasses.dataclass(eq=False)
+class SynthiaConfig(tfds.core.BuilderConfig):
+  """Which image folder to read; labels always come from `GT/LABELS/`."""
+
+  image_dir: str = "RGB"
+  allow_rescaled_image: bool = False
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """SYNTHIA-RAND-CITYSCAPES images with 16-class labels (one split: 'train')."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: 16 classes, lanemarking -> 255."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: 16 classes, lanemarking -> 255.",
+      "1.1.0": "Configs: original (the 1.0.0 data) and translated (translated_RGB/).",
+  }
+  BUILDER_CONFIGS = [
+      SynthiaConfig(name="original", image_dir="RGB",
+                    description="The rendered images (RGB/)."),
+      SynthiaConfig(name="translated", image_dir="translated_RGB", allow_rescaled_image=True,
+                    description="CycleGAN SYNTHIA->Cityscapes images (translated_RGB/)."),
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
   Download SYNTHIA-RAND-CITYSCAPES from {_SOURCE},
   extract it and point --manual_dir at the RAND_CITYSCAPES folder:
@@ -136,15 +164,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                  "CVPR 2016.")
 
   def _split_generators(self, dl_manager):
+    config = self.builder_config
     root = common.manual_dir(dl_manager, "synthia", _LAYOUT, _SOURCE)
-    common.require_dirs(root, ["RGB", "GT/LABELS"], "synthia", _LAYOUT, _SOURCE)
-    image_dir, label_dir = root / "RGB", root / "GT" / "LABELS"
+    common.require_dirs(root, [config.image_dir, "GT/LABELS"], "synthia", _LAYOUT, _SOURCE)
+    image_dir, label_dir = root / config.image_dir, root / "GT" / "LABELS"
     triples = common.pair_files(
         common.list_files(image_dir, common.IMAGE_SUFFIXES),
         common.list_files(label_dir), image_dir, label_dir)
     for _, _, label_path in triples:
       _check_label_format(label_path)
-    kept, skipped = common.split_size_mismatches(triples)
+    kept, skipped = common.split_size_mismatches(
+        triples, allow_rescaled_image=config.allow_rescaled_image)
     common.record_skipped(self.info, "train", skipped)
     return {"train": self._generate_examples(kept)}
 

@@ -31,6 +31,9 @@ from seat_jax.models import seat_norm
 # Teacher EMA: DACS hard-codes 0.99 (trainUDA.py); DAFormer's final recipe and MIC use 0.999.
 DACS_ALPHA = 0.99
 DAFORMER_ALPHA = 0.999
+# DACS scores the student on Cityscapes val with the labels nearest-resized to 512x1024
+# (trainUDA.py evaluate, evaluateUDA.py); DAFormer and MIC score full-size labels.
+EVAL_LABEL_HW = (512, 1024)
 # A target pixel counts as confident when its teacher max-probability is >= this (all three).
 PSEUDO_THRESHOLD = 0.968
 # Colour-jitter strength s: brightness, contrast and saturation factors in [1 - s, 1 + s], hue
@@ -365,6 +368,7 @@ class Mixing(base.Method):
   mic: bool = False
   mic_block: int = 64
   mic_ratio: float = 0.7
+  mic_update_stats: bool = False
   num_classes: int = 19
   needs_target_images = True
 
@@ -387,6 +391,8 @@ class Mixing(base.Method):
     mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
     mix.mic_block = 64  # MIC's masked patches: block size in pixels
     mix.mic_ratio = 0.7  # MIC's masked patches: share of blocks masked
+    # MIC's student runs the masked image in train mode (the shared-BN presets follow it).
+    mix.mic_update_stats = False  # MIC: the masked pass updates the running target statistics
 
   @staticmethod
   def enabled(config):
@@ -425,7 +431,9 @@ class Mixing(base.Method):
                jitter_strength=float(mix.jitter_strength),
                pseudo_ignore_rows=(int(mix.pseudo_ignore_top), int(mix.pseudo_ignore_bottom)),
                mic=bool(mix.mic_weight), mic_block=int(mix.mic_block),
-               mic_ratio=float(mix.mic_ratio), num_classes=int(config.model.num_classes))
+               mic_ratio=float(mix.mic_ratio),
+               mic_update_stats=bool(mix.get("mic_update_stats", False)),
+               num_classes=int(config.model.num_classes))
 
   def init_state(self, variables):
     return {"teacher": base.copy_tree(variables)}
@@ -461,10 +469,11 @@ class Mixing(base.Method):
       if self.augment:  # MIC: the masked image gets the mixed image's augmentation
         masked = strong_augment(key_mic_aug, masked, self.jitter_strength)
       masked, _ = mic.masking(key_mic, masked, self.mic_block, self.mic_ratio)
-      # Normalised with its batch statistics as a target image; the masked batch's statistics
-      # are not what evaluation meets, so they do not enter the running target statistics.
-      aux_k, main_k, _, _ = forward(ctx.params, ctx.batch_stats, masked, "target",
-                                    keep_stats=False)
+      # Normalised with its batch statistics as a target image. MIC's student runs it in train
+      # mode, so its statistics enter the running ones (`mic_update_stats`); without, only
+      # unmasked images, what evaluation meets, make the running target statistics.
+      aux_k, main_k, ctx.batch_stats, _ = forward(ctx.params, ctx.batch_stats, masked, "target",
+                                                  keep_stats=self.mic_update_stats)
       mic_main = weighted_cross_entropy(up(main_k, masked), pseudo, weight)
       mic_aux = weighted_cross_entropy(up(aux_k, masked), pseudo, weight)
       total += w["mic_weight"] * (mic_main + w["aux_weight"] * mic_aux)

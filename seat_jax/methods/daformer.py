@@ -30,6 +30,7 @@ THING_CLASSES = {
     "cityscapes19": tuple(CITYSCAPES_CLASSES.index(c) for c in THING_CLASS_NAMES),
     "synthia16": tuple(SYNTHIA16_CLASSES.index(c) for c in THING_CLASS_NAMES
                        if c in SYNTHIA16_CLASSES),
+    "synthia19": tuple(CITYSCAPES_CLASSES.index(c) for c in THING_CLASS_NAMES),
 }
 FD_LAMBDA = 0.005  # imnet_feature_dist_lambda
 FD_SCALE_MIN_RATIO = 0.75  # imnet_feature_dist_scale_min_ratio

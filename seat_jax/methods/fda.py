@@ -35,6 +35,9 @@ MBT_QUANTILE = 0.66
 MBT_CAP = 0.9
 # FDA's schedule (options/train_options.py): poly over 150k steps, stopped at 100k, a
 # snapshot every 2,500.
+# The validation images' (height, width) in FDA's evaluation_multi.py (data/__init__.py
+# cs_size_test 1344x576; both papers state 1024x512, FDA issue #24 asks why, unanswered).
+EVAL_HW = (576, 1344)
 LR_HORIZON_STEPS = 150_000
 NUM_STEPS = 100_000
 CHECKPOINT_EVERY = 2_500

@@ -45,6 +45,7 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
   config.train.checkpoint_every = 5000
   if method == "dacs":
     config.mix.jitter_strength = dacs.DACS_JITTER_STRENGTH
+    config.eval.label_hw = dacs.EVAL_LABEL_HW
     return config
   config.model.bn_affine_trainable = True
   config.data.flip = True
@@ -67,4 +68,14 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
     config.mix.mic_weight = mic_method.MASK_LAMBDA
     config.mix.mic_block = 32  # MIC's DeepLabV2 experiment (64 is its HRDA setting)
     config.mix.mic_ratio = mic_method.MASK_RATIO
+    mic_statistics(config)
   return config
+
+
+def mic_statistics(config: ml_collections.ConfigDict) -> None:
+  """MIC's masked pass in the running statistics: as MIC's code with one shared BN (its student
+  runs `forward_train` in train mode, lhoyer/MIC seg/mmseg/models/uda/dacs.py). SEAT norms keep
+  them to unmasked target images: the target norm's running statistics are the ones evaluation
+  normalises target images with, and a batch 70 % blanked to the mean colour has a smaller
+  variance than any image evaluation meets."""
+  config.mix.mic_update_stats = config.model.norm_mode == "shared"

@@ -21,6 +21,9 @@ INTRADA_ROWS = ("intrada", "intrada_seat")
 # SEAT norms; configs/*_stage2.py with the same row is its self-training round.
 FDA_BETA_OF_TAG = {fda_method.beta_tag(b): b for b in fda_method.BETAS}
 FDA_ROWS = tuple(f"fda_{tag}{suffix}" for tag in FDA_BETA_OF_TAG for suffix in ("", "_seat"))
+# SYNTHIA only: FDA with a 16-output model (synthia16) instead of its 19 outputs (synthia19).
+FDA16_SUFFIX = "_out16"
+FDA16_ROWS = tuple(row + FDA16_SUFFIX for row in FDA_ROWS)
 # Differential treatment (Wang et al. 2020; the paper's Table 4 adds SEAT to it): the
 # output-space adversary plus stuff/thing feature losses, without its self-training round.
 DIFFERENTIAL_ROWS = ("differential", "differential_seat")
@@ -34,11 +37,12 @@ MIX_ROWS = tuple(f"{m}{suffix}" for m in ("dacs", "daformer_dlv2", "mic_dlv2")
 # Every row each configs/*.py file accepts after its colon ("" = the file's default row).
 GTA_ROWS = (*ABLATION_ROWS, *TABLE4_ROWS, *SOURCE_ONLY_ROWS, *INTRADA_ROWS, *FDA_ROWS,
             *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, *MIX_ROWS)
-SYNTHIA_ROWS = (*ABLATION_ROWS, *FDA_ROWS, *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, *MIX_ROWS)
+SYNTHIA_ROWS = (*ABLATION_ROWS, *FDA_ROWS, *FDA16_ROWS, *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS,
+                *MIX_ROWS)
 # Stage 2 self-trains after an adversarial row (the paper), is IntraDA's second adaptation, or
 # one of FDA's self-training rounds.
 GTA_STAGE2_ROWS = (*ABLATION_ROWS, *TABLE4_ROWS, *INTRADA_ROWS, *FDA_ROWS)
-SYNTHIA_STAGE2_ROWS = (*ABLATION_ROWS, *FDA_ROWS)
+SYNTHIA_STAGE2_ROWS = (*ABLATION_ROWS, *FDA_ROWS, *FDA16_ROWS)
 
 
 class UnknownPresetError(errors.UsageError):

@@ -12,7 +12,7 @@ from seat_jax.methods import mic as mic_method
 from seat_jax.presets.rows import (
     CLUSTERING_ROWS, DIFFERENTIAL_ROWS, FDA_ROWS, INTRADA_ROWS, check_row)
 from seat_jax.presets.compared import fda, intrada, intrada_stage2
-from seat_jax.presets.mixing_recipes import mixed_image_norm
+from seat_jax.presets.mixing_recipes import mic_statistics, mixed_image_norm
 
 
 def _demo_method(row: str) -> ml_collections.ConfigDict:
@@ -50,6 +50,7 @@ def _demo_method(row: str) -> ml_collections.ConfigDict:
   if method == "mic":
     config.mix.mic_weight = mic_method.MASK_LAMBDA
     config.mix.mic_block, config.mix.mic_ratio = 16, mic_method.MASK_RATIO
+    mic_statistics(config)
   return config
 
 
@@ -63,7 +64,8 @@ DEMO_ROWS = ("seat", "sat", "shared", "pretrain", *INTRADA_ROWS, "intrada_stage2
 
 def _demo_fda(row: str) -> ml_collections.ConfigDict:
   """FDA on the demo's tiny model and budget (configs/demo.py:fda_b001 ... :fda_b009_seat)."""
-  return fda(demo("seat" if row.endswith("_seat") else "shared"), row, (), schedule=False)
+  return fda(demo("seat" if row.endswith("_seat") else "shared"), row, (), schedule=False,
+             eval_hw=None)
 
 
 def demo_intrada(row: str) -> ml_collections.ConfigDict:
