@@ -1,9 +1,12 @@
-"""Bilinear resize with align_corners=True semantics (SPEC section 1, REFERENCE 1.5).
+"""Bilinear resize with PyTorch's align_corners=True or False semantics (SPEC section 1,
+REFERENCE 1.5).
 
-`jax.image.resize` uses half-pixel centres (align_corners=False); the reference code upsamples
-logits with align_corners=True, which costs about 1.5 mIoU if missed (AdaptSegNet issue #11).
-Bilinear interpolation is separable, so the resize is two small matrix products with constant
-interpolation matrices built on the host: cheap, differentiable and fine under `jit`.
+The DeepLab references upsample logits with align_corners=True, which costs about 1.5 mIoU if
+missed (AdaptSegNet issue #11); mmsegmentation (DAFormer, MIC, SegFormer) uses half-pixel
+centres (align_corners=False) without antialiasing, which `jax.image.resize` does not promise
+for downsampling. Bilinear interpolation is separable, so the resize is two small matrix
+products with constant interpolation matrices built on the host: cheap, differentiable and fine
+under `jit`.
 """
 
 from typing import Sequence
@@ -13,17 +16,24 @@ import numpy as np
 from jax import lax
 
 
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out_size, in_size) weights: output i samples input position i * (in - 1) / (out - 1).
+def interpolation_matrix(in_size: int, out_size: int, align_corners: bool = True) -> np.ndarray:
+  """(out_size, in_size) weights of PyTorch's bilinear interpolation along one axis.
 
+  align_corners=True: output i samples input position i * (in - 1) / (out - 1).
+  align_corners=False: position (i + 0.5) * in / out - 0.5, clamped at 0 (half-pixel centres).
   Positions and fractions are computed in float32 the way PyTorch does (scale rounded to
   float32 first), so the weights agree with it to the last bit rather than to ~1e-5.
   """
-  if out_size == 1:
-    scale = np.float32(0.0)  # PyTorch's scale is 0 here: the output reads pixel 0
+  index = np.arange(out_size, dtype=np.float32)
+  if align_corners:
+    if out_size == 1:
+      scale = np.float32(0.0)  # PyTorch's scale is 0 here: the output reads pixel 0
+    else:
+      scale = np.float32(in_size - 1) / np.float32(out_size - 1)
+    positions = scale * index
   else:
-    scale = np.float32(in_size - 1) / np.float32(out_size - 1)
-  positions = scale * np.arange(out_size, dtype=np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    positions = np.maximum(scale * (index + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
   low = np.clip(np.floor(positions).astype(np.int64), 0, in_size - 1)
   high = np.minimum(low + 1, in_size - 1)
   frac = np.clip(positions - low.astype(np.float32), 0.0, 1.0).astype(np.float64)
@@ -34,22 +44,24 @@ def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix.astype(np.float32)
 
 
-def _resize_height(x: jnp.ndarray, out_h: int) -> jnp.ndarray:
-  matrix = jnp.asarray(interpolation_matrix(x.shape[1], out_h))
+def _resize_height(x: jnp.ndarray, out_h: int, align_corners: bool) -> jnp.ndarray:
+  matrix = jnp.asarray(interpolation_matrix(x.shape[1], out_h, align_corners))
   return jnp.einsum("oh,nhwc->nowc", matrix, x, precision=lax.Precision.HIGHEST)
 
 
-def _resize_width(x: jnp.ndarray, out_w: int) -> jnp.ndarray:
-  matrix = jnp.asarray(interpolation_matrix(x.shape[2], out_w))
+def _resize_width(x: jnp.ndarray, out_w: int, align_corners: bool) -> jnp.ndarray:
+  matrix = jnp.asarray(interpolation_matrix(x.shape[2], out_w, align_corners))
   return jnp.einsum("ow,nhwc->nhoc", matrix, x, precision=lax.Precision.HIGHEST)
 
 
-def resize_bilinear(x: jnp.ndarray, out_hw: Sequence[int]) -> jnp.ndarray:
-  """Resizes NHWC `x` to `out_hw` = (height, width) like PyTorch's align_corners=True bilinear.
+def resize_bilinear(x: jnp.ndarray, out_hw: Sequence[int], align_corners: bool = True
+                    ) -> jnp.ndarray:
+  """Resizes NHWC `x` to `out_hw` = (height, width) like PyTorch's bilinear interpolation.
 
-  Equals `torch.nn.functional.interpolate(mode='bilinear', align_corners=True)` for up- and
-  downsampling (no antialiasing, as in PyTorch). `out_hw` must be static. Computed in float32
-  (HIGHEST matmul precision, so GPUs do not round the weights to TF32); returns the input dtype.
+  Equals `torch.nn.functional.interpolate(mode='bilinear', align_corners=...)` with a `size`
+  for up- and downsampling (no antialiasing, as in PyTorch). `out_hw` must be static. Computed
+  in float32 (HIGHEST matmul precision, so GPUs do not round the weights to TF32); returns the
+  input dtype.
   """
   if x.ndim != 4:
     raise ValueError(f"resize_bilinear expects an NHWC array (4 dims); got shape {x.shape}.")
@@ -67,5 +79,5 @@ def resize_bilinear(x: jnp.ndarray, out_hw: Sequence[int]) -> jnp.ndarray:
     steps.reverse()
   for resize_axis, out_size, in_size in steps:
     if out_size != in_size:
-      y = resize_axis(y, out_size)
+      y = resize_axis(y, out_size, align_corners)
   return y.astype(in_dtype)

@@ -9,6 +9,10 @@ Modes (variable names are part of the model contract, checkpoints depend on them
   shared: params {scale, bias}; batch_stats {mean, var}  (plain BN, the AdaptSegNet baseline)
   sat:    params {scale, bias}; batch_stats {source_mean, source_var, target_mean, target_var}
   seat:   params {source_scale, source_bias, target_scale, target_bias}; per-domain batch_stats
+
+`SeatLayerNorm` is the same contract for a LayerNorm (the SegFormer encoder): its statistics are
+each token's own, so a domain has none to keep and only the affine can be separated: per domain
+in `seat`, shared in `sat` and `shared`.
 """
 
 from typing import Any
@@ -47,6 +51,30 @@ def _batch_moments(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   return mean, var
 
 
+def declare_affines(module: nn.Module, features: int, per_domain: bool,
+                    trainable: bool = True) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
+  """Declares a norm's affine params on `module` (so init creates every slot of the mode);
+  returns {domain: (scale, bias)}, one pair per domain or one shared pair."""
+  def declare(prefix: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+    scale = module.param(prefix + "scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = module.param(prefix + "bias", nn.initializers.zeros, (features,), jnp.float32)
+    if not trainable:
+      scale, bias = lax.stop_gradient(scale), lax.stop_gradient(bias)
+    return scale, bias
+
+  if per_domain:
+    return {d: declare(d + "_") for d in DOMAINS}
+  shared = declare("")
+  return {d: shared for d in DOMAINS}
+
+
+def mixed_affine(affines: dict[str, tuple[jnp.ndarray, jnp.ndarray]]):
+  """The affine of mixed images: the mean of the two domains' (equal to either when shared)."""
+  scale = (affines["source"][0] + affines["target"][0]) / 2
+  bias = (affines["source"][1] + affines["target"][1]) / 2
+  return scale, bias
+
+
 class SeatNorm(nn.Module):
   """BatchNorm over the last axis with per-domain running statistics (and affine in `seat`).
 
@@ -75,8 +103,7 @@ class SeatNorm(nn.Module):
     features = x.shape[-1]
     affines, stats = self._affines(features), self._running_stats(features)
     if domain == MIXED:  # (no running stats: they are declared above and left as they are)
-      scale = (affines["source"][0] + affines["target"][0]) / 2
-      bias = (affines["source"][1] + affines["target"][1]) / 2
+      scale, bias = mixed_affine(affines)
     else:
       scale, bias = affines[domain]
       running_mean, running_var = stats[domain]
@@ -103,18 +130,7 @@ class SeatNorm(nn.Module):
     return y.astype(x.dtype)
 
   def _affines(self, features: int) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
-    """Declares every affine of the mode (so init creates all); {domain: (scale, bias)}."""
-    def declare(prefix: str) -> tuple[jnp.ndarray, jnp.ndarray]:
-      scale = self.param(prefix + "scale", nn.initializers.ones, (features,), jnp.float32)
-      bias = self.param(prefix + "bias", nn.initializers.zeros, (features,), jnp.float32)
-      if not self.affine_trainable:
-        scale, bias = lax.stop_gradient(scale), lax.stop_gradient(bias)
-      return scale, bias
-
-    if self.mode == "seat":
-      return {d: declare(d + "_") for d in DOMAINS}
-    shared = declare("")
-    return {d: shared for d in DOMAINS}
+    return declare_affines(self, features, self.mode == "seat", self.affine_trainable)
 
   def _running_stats(self, features: int) -> dict[str, tuple[Any, Any]]:
     """Declares every stats slot of the mode; {domain: (mean, var) variables}."""
@@ -127,3 +143,27 @@ class SeatNorm(nn.Module):
       shared = declare("")
       return {d: shared for d in DOMAINS}
     return {d: declare(d + "_") for d in DOMAINS}
+
+
+class SeatLayerNorm(nn.Module):
+  """LayerNorm over the last axis with the affine per domain in `seat` mode (PyTorch semantics:
+  biased variance of each token, `epsilon` added to it; computed in float32).
+
+  `domain` 'mixed' takes the mean of the two domains' affines, as `SeatNorm` does; the mode's
+  `sat` and `shared` are the same LayerNorm (they differ only in the BatchNorms beside it).
+  """
+  mode: str = "seat"
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, domain: str = "target") -> jnp.ndarray:
+    check_norm_mode(self.mode)
+    check_domain(domain, allow_mixed=True)
+    affines = declare_affines(self, x.shape[-1], self.mode == "seat")
+    scale, bias = mixed_affine(affines) if domain == MIXED else affines[domain]
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centred = x32 - mean
+    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    y = centred * lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(x.dtype)
