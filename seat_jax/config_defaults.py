@@ -18,8 +18,9 @@ MODES = PARTS + RECIPES
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """DeepLabV2 / ResNet-101 with SEAT norms."""
+  """DeepLabV2 / ResNet-101 with SEAT norms, or SegFormer (MiT-B5 with DAFormer's decoder)."""
   m = ml_collections.ConfigDict()
+  m.name = "deeplabv2"  # deeplabv2 | segformer (docs/segformer.md)
   m.num_classes = 19
   m.stage_sizes = models.RESNET101_STAGES  # blocks in layer1..layer4
   m.base_width = 64  # stem channels and layer1 planes; ResNet doubles it per stage
@@ -29,7 +30,16 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.bn_affine_trainable = True  # AdaptSegNet freezes the BN affine; SEAT trains it
   m.bn_train_stats = True  # normalise with batch statistics while training (reference)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16; params stay float32
-  m.remat = "none"  # none | blocks: recompute each bottleneck in the backward pass (memory)
+  m.remat = "none"  # none | blocks: recompute each bottleneck/MiT block in the backward pass
+  # SegFormer only (model.name=segformer); the norm, dtype and remat fields above apply to it.
+  # The encoder: mmseg's mit_b5 (models.mit_config gives b0..b5); stochastic depth 0.1 as
+  # MixVisionTransformer's default; LayerNorm eps 1e-6 as mit_b* (Hugging Face's port: 1e-5).
+  m.mit = ml_collections.ConfigDict(dict(
+      **models.mit_config("b5"), mlp_ratio=4, drop_path_rate=0.1, layer_norm_eps=1e-6))
+  # The decoder: daformer (DAFormer's separable-ASPP fusion, daformer_sepaspp_mitb5.py) or
+  # segformer (the all-MLP head; width 768 for B2-B5, 256 for B0/B1); channel dropout 0.1.
+  m.decoder = ml_collections.ConfigDict(dict(
+      name="daformer", channels=256, embed_dims=256, dilations=(1, 6, 12, 18), dropout=0.1))
   return m
 
 
@@ -94,8 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.adam_b1 = 0.9  # optim.name=adamw only
   c.optim.adam_b2 = 0.999
   c.optim.head_lr_mult = 10.0
-  c.optim.head_patterns = (r"^(aux_head|main_head)/",)
+  c.optim.head_patterns = (r"^(aux_head|main_head|decode_head)/",)
   c.optim.frozen_patterns = ()  # extra regexes of params that never move
+  # Regexes of params without weight decay (mmseg's decay_mult 0: DAFormer's MiT LayerNorms).
+  c.optim.no_decay_patterns = ()
   # AdaptSegNet's/ADVENT's optimiser lists each backbone weight several times (once per module
   # that encloses it) and torch.optim.SGD updates it once per listing.
   c.optim.reference_duplicate_updates = False

@@ -16,6 +16,7 @@ from seat_jax import pseudo_label_rules
 # Each choice list is owned by the module that acts on it.
 CHOICES = {
     "mode": config_defaults.MODES,
+    "model.name": models.MODEL_NAMES,
     "model.norm_mode": models.NORM_MODES,
     "model.dtype": models.COMPUTE_DTYPES,
     "model.aspp_branches": models.ASPP_BRANCHES,
@@ -98,15 +99,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                       f"config.data.label_space={config.data.label_space!r} has {expected} "
                       "classes")
   if config.mode == "train" and not (config.init_from or config.resume) and _real_data(config):
+    if models.model_name(config.model) == "segformer":
+      init_file, init_dir, why = "mit_b5.pth", "mit_b5", "DAFormer and MIC start from ImageNet"
+    else:
+      init_file, init_dir, why = ("DeepLab_resnet_pretrained_init-f81d91e8.pth", "deeplab_init",
+                                  "AdaptSegNet issues #35, #81")
     problems.append(
         "config.init_from is empty, so the segmenter would start from random weights, which does "
-        "not reproduce the paper (AdaptSegNet issues #35, #81). Convert the DeepLab init once "
-        "(it then starts every preset):\n"
-        "      python -m seat_jax.convert --torch=DeepLab_resnet_pretrained_init-f81d91e8.pth "
-        "--out=$HOME/weights/deeplab_init\n"
-        "    then add --config.init_from=$HOME/weights/deeplab_init (docs: 'Pretrained "
+        f"not reproduce the paper ({why}). Convert the init once (it then starts every "
+        "preset of this model):\n"
+        f"      python -m seat_jax.convert --torch={init_file} --out=$HOME/weights/{init_dir}\n"
+        f"    then add --config.init_from=$HOME/weights/{init_dir} (docs: 'Pretrained "
         f"weights'); or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += methods.problems(config)
+  problems += _segformer_problems(config)
   if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:
     problems.append(f"config.data.blur_probability={config.data.blur_probability} must lie in "
                     "[0, 1] (Toldo et al.: 0.5; 0 = off)")
@@ -122,6 +128,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   problems += _ensemble_problems(config)
   if problems:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _segformer_problems(config) -> list[str]:
+  """SegFormer has one head (no layer3 classifier) and its own stage numbering and sizes."""
+  if models.model_name(config.model) != "segformer":
+    return []
+  problems = []
+  if config.adv.mode in ("multi_level_sum", "two_discriminators"):
+    problems.append(f"config.adv.mode={config.adv.mode!r} needs DeepLabV2's aux head; "
+                    "model.name='segformer' has one head: use adv.mode none or single")
+  for name in ("aux_weight", "entropy_weight_aux"):
+    if float(config.loss.get(name, 0.0)):
+      problems.append(f"config.loss.{name} weighs the aux head, which model.name='segformer' "
+                      "lacks; set it to 0")
+  try:
+    models.build_segmenter(config.model)
+  except ValueError as e:
+    problems.append(str(e))
+  try:
+    models.segformer.check_source_stages(config.eval.source_stages)
+  except ValueError as e:
+    problems.append(str(e))
+  return problems
 
 
 def _ensemble_problems(config) -> list[str]:

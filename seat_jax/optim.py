@@ -180,18 +180,38 @@ def duplicate_listing_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def decay_mask(no_decay_patterns: Sequence[str]):
+  """fn(params) -> a tree like `params`: False where a `no_decay_patterns` regex matches the
+  path (mmseg's `decay_mult=0`, which DAFormer and MIC give every MiT LayerNorm), else True.
+
+  A function rather than a tree: `multi_transform` hands each group's optimiser its own subset
+  of the params, and the mask must take that subset's shape.
+  """
+  patterns = [re.compile(p) for p in no_decay_patterns]
+
+  def mask(params):
+    def decays(path, _):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      return not any(p.search(name) for p in patterns)
+    return jax.tree_util.tree_map_with_path(decays, params)
+  return mask
+
+
 def make_segmenter_tx(config, params: Any) -> optax.GradientTransformation:
   """SGD + momentum + weight decay + poly lr with 1x/10x/frozen groups for `params` (or AdamW).
 
   With `optim.reference_duplicate_updates`, each trainable tensor is updated as often per step
   as the references' optimiser lists it (`listing_multiplicity`, `duplicate_listing_sgd`).
+  Params matching `optim.no_decay_patterns` get no weight decay (AdamW and plain SGD).
   """
   schedules = segmenter_lr_schedules(config)
   labels = param_groups(params, config.optim.head_patterns, frozen_patterns(config))
+  no_decay = tuple(config.optim.get("no_decay_patterns", ()))
+  mask = decay_mask(no_decay) if no_decay else None
   if config.optim.get("name", "sgd") == "adamw":
     def adamw(schedule):
       return optax.adamw(schedule, b1=config.optim.adam_b1, b2=config.optim.adam_b2,
-                         weight_decay=config.optim.weight_decay)
+                         weight_decay=config.optim.weight_decay, mask=mask)
     return optax.multi_transform(
         {"backbone": adamw(schedules["backbone"]), "head": adamw(schedules["head"]),
          "frozen": optax.set_to_zero()}, labels)
@@ -200,7 +220,7 @@ def make_segmenter_tx(config, params: Any) -> optax.GradientTransformation:
 
   def sgd(schedule):
     return optax.chain(
-        optax.add_decayed_weights(config.optim.weight_decay),
+        optax.add_decayed_weights(config.optim.weight_decay, mask=mask),
         optax.sgd(schedule, momentum=config.optim.momentum))
 
   return optax.multi_transform(

@@ -13,7 +13,7 @@ dots over channels (DEPS section 5: XLA:CPU runs them 2-4x faster than a 1x1 con
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -198,6 +198,8 @@ class DeepLabV2(nn.Module):
   bn_train_stats: bool = True
   dtype: Any = "float32"
   remat: str = "none"
+  # Logits are resized with align_corners=True, as the DeepLab references do.
+  align_corners: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, domain: str = "target", train: bool = False,
