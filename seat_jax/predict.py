@@ -3,7 +3,8 @@
 Evaluation, pseudo-labels and the periodic evaluation in training all predict the same way: the
 segmenter in eval mode with the TARGET norms, except the stages of the layer switch
 (`config.eval.source_stages`, paper section 5.2) which use the source norms; the main head only;
-bilinear upsampling with align_corners=True. They differ only in what they keep:
+bilinear upsampling as the model's reference does it (align_corners=True for DeepLabV2, half-pixel
+centres for SegFormer: `models.upsample_logits`). They differ only in what they keep:
 
   labels:     argmax of the main logits upsampled to `out_hw` (evaluation: the label's full
               resolution; REFERENCE 5);
@@ -61,6 +62,9 @@ def _cached_predict_fn(model, source_stages: tuple[int, ...], output: str,
 def _build_predict_fn(model, source_stages: tuple[int, ...], output: str,
                       ensemble_weights: tuple[float, ...] | None = None):
 
+  def resize(x, out_hw):  # as the model's reference resizes logits (models.upsample_logits)
+    return models.upsample_logits(model, x, out_hw)
+
   def main_logits(variables, images):
     _, logits = model.apply(
         variables, images, domain="target", train=False, source_stages=source_stages)
@@ -76,17 +80,17 @@ def _build_predict_fn(model, source_stages: tuple[int, ...], output: str,
     if ensemble_weights is None:
       logits = main_logits(variables, images)
       if output == "labels":
-        return jnp.argmax(models.resize_bilinear(logits, out_hw), axis=-1).astype(jnp.uint8)
-      probs = models.resize_bilinear(jax.nn.softmax(logits, axis=-1), out_hw)
+        return jnp.argmax(resize(logits, out_hw), axis=-1).astype(jnp.uint8)
+      probs = resize(jax.nn.softmax(logits, axis=-1), out_hw)
     else:
       if len(variables) != len(ensemble_weights):
         raise ValueError(f"{len(ensemble_weights)} ensemble weights for {len(variables)} "
                          "variable sets; give one weight per model.")
       logits = [main_logits(v, images) for v in variables]
       if output == "labels":
-        probs = models.resize_bilinear(mean_softmax(logits), out_hw)
+        probs = resize(mean_softmax(logits), out_hw)
         return jnp.argmax(probs, axis=-1).astype(jnp.uint8)
-      probs = mean_softmax([models.resize_bilinear(x, out_hw) for x in logits])
+      probs = mean_softmax([resize(x, out_hw) for x in logits])
     return jnp.argmax(probs, axis=-1).astype(jnp.uint8), jnp.max(probs, axis=-1)
 
   return predict

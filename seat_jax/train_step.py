@@ -110,25 +110,31 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
-def _upsample(logits: jax.Array, like: jax.Array) -> jax.Array:
-  return models.resize_bilinear(logits.astype(jnp.float32), like.shape[1:3])
-
-
 def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
   """Returns step(state, batch, weights) -> (state, metrics); pure, to be jitted by the caller.
 
-  `batch` has the keys of `seat_jax.batch`; `weights` is `loss_weights(config)`.
+  `batch` has the keys of `seat_jax.batch`; `weights` is `loss_weights(config)`. A segmenter
+  without an aux head (SegFormer) returns None for it: its aux terms are 0 and not logged.
   """
   disc_names = adversary.discriminator_names(opts.adv_mode)
 
   def apply_disc(disc_params, name, maps):
     return disc.apply({"params": disc_params[name]}, maps)
 
-  def forward(params, batch_stats, images, domain, *, features=False, keep_stats=True):
-    """(aux, main) stride-8 logits, the new batch_stats and the layer4 features (or None)."""
+  def upsample(logits, like):
+    """Logits resized to the images as the model's reference does (None stays None)."""
+    if logits is None:
+      return None
+    return models.upsample_logits(model, logits.astype(jnp.float32), like.shape[1:3])
+
+  def forward(params, batch_stats, images, domain, *, features=False, keep_stats=True,
+              rng=None):
+    """(aux, main) logits at the model's stride, the new batch_stats and the layer4 features
+    (or None); with `rng`, the model's dropout and stochastic depth act (a student pass)."""
     mutable = ["batch_stats", "intermediates"] if features else ["batch_stats"]
+    rngs = {"dropout": rng} if rng is not None else None
     (aux, main), updated = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                       domain=domain, train=True, mutable=mutable)
+                                       domain=domain, train=True, mutable=mutable, rngs=rngs)
     feats = updated["intermediates"]["layer4_output"][0] if features else None
     return aux, main, (updated["batch_stats"] if keep_stats else batch_stats), feats
 
@@ -140,14 +146,17 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
   def segmenter_loss(params, state: TrainState, batch, w, key):
     src_img = batch[batch_keys.SOURCE_IMAGE]
     aux_s8, main_s8, batch_stats, feats_s = forward(
-        params, state.batch_stats, src_img, "source", features=opts.needs_source_features)
-    aux_s, main_s = _upsample(aux_s8, src_img), _upsample(main_s8, src_img)
+        params, state.batch_stats, src_img, "source", features=opts.needs_source_features,
+        rng=base.dropout_key(key, "source"))
+    aux_s, main_s = upsample(aux_s8, src_img), upsample(main_s8, src_img)
     seg_main = losses.cross_entropy(main_s, batch[batch_keys.SOURCE_LABEL])
-    seg_aux = losses.cross_entropy(aux_s, batch[batch_keys.SOURCE_LABEL])
-    total = seg_main + w["aux_weight"] * seg_aux
-    metrics = {"seg_main": seg_main, "seg_aux": seg_aux}
+    metrics = {"seg_main": seg_main}
+    total = seg_main
+    if aux_s is not None:
+      metrics["seg_aux"] = losses.cross_entropy(aux_s, batch[batch_keys.SOURCE_LABEL])
+      total = total + w["aux_weight"] * metrics["seg_aux"]
     ctx = base.StepContext(
-        model=model, forward=forward, upsample=_upsample, params=params, batch=batch, weights=w,
+        model=model, forward=forward, upsample=upsample, params=params, batch=batch, weights=w,
         key=key, step=state.step, batch_stats=batch_stats, method_state=dict(state.method_state),
         has_target_pass=opts.target_pass,
         source=base.Outputs(aux_s8, main_s8, aux_s, main_s, feats_s))
@@ -161,14 +170,17 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     # The target pass starts from the statistics the source pass left: in `shared` mode they
     # are one set (AdaptSegNet's mixing); in `sat`/`seat` the source pass never touched them.
     aux_t8, main_t8, ctx.batch_stats, feats_t = forward(
-        params, ctx.batch_stats, tgt_img, "target", features=opts.needs_target_features)
-    aux_t, main_t = _upsample(aux_t8, tgt_img), _upsample(main_t8, tgt_img)
+        params, ctx.batch_stats, tgt_img, "target", features=opts.needs_target_features,
+        rng=base.dropout_key(key, "target"))
+    aux_t, main_t = upsample(aux_t8, tgt_img), upsample(main_t8, tgt_img)
     total = add(total, metrics,
                 adversary.fooling_terms(apply_disc, state.disc_params, main_t, aux_t, opts, w))
     # The target maps' entropy (ADVENT's diagnostic of adaptation; MinEnt minimises it).
     ent = losses.entropy_loss(jax.nn.softmax(main_t, axis=-1))
-    ent_aux = losses.entropy_loss(jax.nn.softmax(aux_t, axis=-1))
-    metrics["entropy"], metrics["entropy_aux"] = ent, ent_aux
+    metrics["entropy"] = ent
+    ent_aux = base.on_aux(lambda a: losses.entropy_loss(jax.nn.softmax(a, axis=-1)), aux_t)
+    if aux_t is not None:
+      metrics["entropy_aux"] = ent_aux
     ctx.target = base.Outputs(aux_t8, main_t8, aux_t, main_t, feats_t, ent, ent_aux)
     for method in opts.methods:
       total = add(total, metrics, method.target_terms(ctx))
@@ -185,7 +197,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
                    lr=lr_schedules["backbone"](state.step),
                    lr_head=lr_schedules["head"](state.step))
     after = base.StepContext(
-        model=model, forward=forward, upsample=_upsample, params=params, batch=batch,
+        model=model, forward=forward, upsample=upsample, params=params, batch=batch,
         weights=weights, key=key, step=state.step, batch_stats=batch_stats,
         method_state=method_state, has_target_pass=opts.target_pass)
     for method in opts.methods:

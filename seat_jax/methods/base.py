@@ -29,27 +29,44 @@ Terms = tuple[jax.Array | float, dict[str, jax.Array]]
 NO_TERMS: Terms = (0.0, {})
 
 
+# The student's passes that draw dropout and stochastic depth (SegFormer), each its own stream:
+# fold_in(step key, tag), apart from the keys the methods split from the step key.
+DROPOUT_PASSES = {"source": 1001, "target": 1002, "mixed": 1003, "masked": 1004}
+
+
+def dropout_key(key: jax.Array, student_pass: str) -> jax.Array:
+  """The `dropout` rng of one of the student's forward passes (`DROPOUT_PASSES`)."""
+  return jax.random.fold_in(key, DROPOUT_PASSES[student_pass])
+
+
+def on_aux(loss_fn: Callable[..., jax.Array], aux: jax.Array | None, *args) -> jax.Array | float:
+  """loss_fn(aux, *args), or 0 for a segmenter without an aux head (SegFormer)."""
+  return 0.0 if aux is None else loss_fn(aux, *args)
+
+
 @dataclasses.dataclass(frozen=True)
 class Outputs:
-  """One domain's pass: logits at stride 8 and upsampled to the images, layer4 features; for the
-  target pass also the mean normalised entropy of each head's upsampled map (logged by the step
-  as a diagnostic, minimised by MinEnt)."""
-  aux8: jax.Array
+  """One domain's pass: logits at the model's stride and upsampled to the images (aux None for
+  a one-head segmenter), layer4 features; for the target pass also the mean normalised entropy
+  of each head's upsampled map (logged by the step as a diagnostic, minimised by MinEnt)."""
+  aux8: jax.Array | None
   main8: jax.Array
-  aux: jax.Array
+  aux: jax.Array | None
   main: jax.Array
   features: jax.Array | None = None
   entropy: jax.Array | None = None
-  entropy_aux: jax.Array | None = None
+  entropy_aux: jax.Array | float | None = None
 
 
 @dataclasses.dataclass
 class StepContext:
   """What the step gives a method while it is traced (mutable: `batch_stats`, `method_state`).
 
-  forward(params, batch_stats, images, domain, *, features=False, keep_stats=True) returns the
-  (aux, main) stride-8 logits, the new batch_stats and the layer4 features (or None);
-  upsample(logits, images) resizes logits to the images (align_corners, float32).
+  forward(params, batch_stats, images, domain, *, features=False, keep_stats=True, rng=None)
+  returns the (aux, main) logits at the model's stride (aux None without an aux head), the new
+  batch_stats and the layer4 features (or None); a student pass gives `rng`
+  (`dropout_key(key, ...)`), a teacher pass none (no dropout). upsample(logits, images) resizes
+  logits to the images (float32; align_corners as the model's reference; None stays None).
   """
   model: Any
   forward: Callable[..., tuple]

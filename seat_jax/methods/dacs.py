@@ -458,9 +458,10 @@ class Mixing(base.Method):
     if self.augment:
       mixed_img = strong_augment(key_aug, mixed_img, self.jitter_strength)
     aux_m, main_m, ctx.batch_stats, _ = forward(ctx.params, ctx.batch_stats, mixed_img,
-                                                MIX_NORMS[self.mix_norm])
+                                                MIX_NORMS[self.mix_norm],
+                                                rng=base.dropout_key(ctx.key, "mixed"))
     mix_main = weighted_cross_entropy(up(main_m, mixed_img), mixed_lbl, mixed_w)
-    mix_aux = weighted_cross_entropy(up(aux_m, mixed_img), mixed_lbl, mixed_w)
+    mix_aux = base.on_aux(weighted_cross_entropy, up(aux_m, mixed_img), mixed_lbl, mixed_w)
     total = w["mix_weight"] * (mix_main + w["aux_weight"] * mix_aux)
     metrics = {"mix_main": mix_main, "pseudo_weight": jnp.mean(weight)}
     if self.mic:
@@ -473,9 +474,10 @@ class Mixing(base.Method):
       # mode, so its statistics enter the running ones (`mic_update_stats`); without, only
       # unmasked images, what evaluation meets, make the running target statistics.
       aux_k, main_k, ctx.batch_stats, _ = forward(ctx.params, ctx.batch_stats, masked, "target",
-                                                  keep_stats=self.mic_update_stats)
+                                                  keep_stats=self.mic_update_stats,
+                                                  rng=base.dropout_key(ctx.key, "masked"))
       mic_main = weighted_cross_entropy(up(main_k, masked), pseudo, weight)
-      mic_aux = weighted_cross_entropy(up(aux_k, masked), pseudo, weight)
+      mic_aux = base.on_aux(weighted_cross_entropy, up(aux_k, masked), pseudo, weight)
       total += w["mic_weight"] * (mic_main + w["aux_weight"] * mic_aux)
       metrics["mic_main"] = mic_main
     if self.mix_norm != "target" and not ctx.has_target_pass:

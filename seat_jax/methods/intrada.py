@@ -123,7 +123,7 @@ def make_rank_fn(model: Any, source_stages: Sequence[int] = ()):
   def rank(variables, images, out_hw):
     _, main_logits = model.apply(
         variables, images, domain="target", train=False, source_stages=source_stages)
-    logits = models.resize_bilinear(main_logits.astype(jnp.float32), tuple(out_hw))
+    logits = models.upsample_logits(model, main_logits.astype(jnp.float32), tuple(out_hw))
     information = losses.self_information(jax.nn.softmax(logits, axis=-1))
     entropy = jnp.clip(jnp.sum(information, axis=-1), 0.0, 1.0)
     return (jnp.argmax(logits, axis=-1).astype(jnp.uint8), jnp.mean(information, axis=(1, 2, 3)),

@@ -33,6 +33,6 @@ class TargetCrossEntropy(base.Method):
   def target_terms(self, ctx):
     w, labels = ctx.weights, ctx.batch[batch_keys.TARGET_LABEL]
     tgt_main = losses.cross_entropy(ctx.target.main, labels)
-    tgt_aux = losses.cross_entropy(ctx.target.aux, labels)
+    tgt_aux = base.on_aux(losses.cross_entropy, ctx.target.aux, labels)
     return (w["target_ce_weight"] * (tgt_main + w["aux_weight"] * tgt_aux),
             {"target_seg_main": tgt_main})
