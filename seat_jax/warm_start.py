@@ -4,13 +4,15 @@ One converted init (the DeepLab COCO init, an ImageNet ResNet, a released AdaptS
 another run's checkpoint must start every preset, whatever its norm mode, class count or head
 branches. Stored and wanted trees may differ in three ways, each handled as the paper and the
 reference code do:
-  - norms: a plain BatchNorm (`scale`, `mean`, ...) fills every domain slot of a SAT/SEAT norm
-    (`source_scale`, `target_mean`, ...), which is how the paper starts SEAT; per-domain norms
-    into one plain BatchNorm need a choice of domain (`init_domain`) unless both slots hold the
-    same values, and so do per-domain affines into SAT's shared affine;
-  - heads: a head the stored tree lacks, or whose shape differs (another class count, the COCO
-    init's classifier on layer4), is taken from the model's fresh initialisation (kernels
-    N(0, 0.01), biases PyTorch's default), as AdaptSegNet and ADVENT skip the COCO `layer5`;
+  - norms: a plain BatchNorm or LayerNorm (`scale`, `mean`, ...) fills every domain slot of a
+    SAT/SEAT norm (`source_scale`, `target_mean`, ...), which is how the paper starts SEAT;
+    per-domain norms into one plain norm need a choice of domain (`init_domain`) unless both
+    slots hold the same values, and so do per-domain affines into SAT's shared affine;
+  - heads (DeepLabV2's aux_head and main_head, SegFormer's decode_head): a head the stored tree
+    lacks, or whose shape differs (another class count, the COCO init's classifier on layer4),
+    is taken from the model's fresh initialisation, as AdaptSegNet and ADVENT skip the COCO
+    `layer5` and DAFormer starts its decoder on the ImageNet MiT; a stored head's norms are
+    fitted like the backbone's;
   - anything else that differs (depth, width) is another model: refused with the entries named.
 Pure tree logic on host arrays; no I/O, no JAX compile.
 """
@@ -24,9 +26,11 @@ from flax import traverse_util
 
 from seat_jax import errors
 
-HEADS = ("aux_head", "main_head")
+HEADS = ("aux_head", "main_head", "decode_head")  # DeepLabV2's two, SegFormer's one
 DOMAINS = ("source", "target")
-_NORM_MODULE = re.compile(r"^(bn\d+|downsample_bn)$")
+# DeepLabV2's BatchNorms (bn1-3, downsample_bn), SegFormer's LayerNorms (norm, norm1-4) and its
+# decoder's BatchNorms (bn).
+_NORM_MODULE = re.compile(r"^(bn\d*|downsample_bn|norm\d*)$")
 _NORM_KINDS = ("scale", "bias", "mean", "var")
 
 
@@ -100,44 +104,45 @@ def fit_variables(stored: Mapping[str, Any], wanted: Mapping[str, Any], *,
   out, used = {}, set()
   missing, shapes, ambiguous, head_problems = set(), [], [], {}
 
-  for path, want in wanted_flat.items():
-    group, leaf = path[:-1], path[-1]
-    module = group[1:]
-    name = "/".join(path)
-    if module and module[0] in HEADS:
-      continue  # heads are fitted whole below
-    have = stored_groups.get(group, {})
-    if _is_norm(module, leaf):
-      value, how, consumed = _norm_value(have, leaf, init_domain)
-      if how == "ambiguous":
-        ambiguous.append("/".join(group))
-        continue
-    else:
-      value, how, consumed = have.get(leaf), "loaded", (leaf,)
-    if value is None:
-      missing.add("/".join(module))
-      continue
-    if _shape(value) != _shape(want):
-      shapes.append(f"{name}: stored {_shape(value)}, model {_shape(want)}")
-      continue
+  def record(path, value, how, consumed):
+    group = path[:-1]
     out[path] = np.asarray(value)
     used.update(group + (c,) for c in consumed)
     if how == "loaded":
       report.loaded += 1
     elif how == "copied":
       report.copied += 1
-      report.norms_copied.add(module)
+      report.norms_copied.add(group[1:])
     else:
       report.domain_chosen += 1
 
+  for path, want in wanted_flat.items():
+    if path[1] in HEADS:
+      continue  # heads are fitted whole below
+    value, how, consumed = _fit_leaf(path, want, stored_groups, init_domain)
+    if how == "ambiguous":
+      ambiguous.append("/".join(path[:-1]))
+    elif how == "missing":
+      missing.add("/".join(path[1:-1]))
+    elif how == "shape":
+      shapes.append(f"{'/'.join(path)}: stored {_shape(value)}, model {_shape(want)}")
+    else:
+      record(path, value, how, consumed)
+
   for head in HEADS:
     wanted_head = {p: v for p, v in wanted_flat.items() if p[1] == head}
+    if not wanted_head:
+      continue  # another segmenter's head
+    fitted = {p: _fit_leaf(p, w, stored_groups, init_domain) for p, w in wanted_head.items()}
+    if any(how == "ambiguous" for _, how, _ in fitted.values()):
+      ambiguous.append(head)
+      continue
+    if all(how not in ("missing", "shape") for _, how, _ in fitted.values()):
+      for path, (value, how, consumed) in fitted.items():
+        record(path, value, how, consumed)
+      continue
     why = _head_mismatch(wanted_head, stored_flat)
-    if why is None:
-      for path in wanted_head:
-        out[path] = np.asarray(stored_flat[path])
-        report.loaded += 1
-    elif fresh is not None:
+    if fresh is not None:
       for path in wanted_head:
         out[path] = np.asarray(fresh_flat[path])
       report.fresh_heads[head] = why
@@ -147,6 +152,25 @@ def fit_variables(stored: Mapping[str, Any], wanted: Mapping[str, Any], *,
   unused_backbone = sorted("/".join(p) for p in stored_flat if p[1] not in HEADS and p not in used)
   _raise_problems(source, sorted(missing), shapes, unused_backbone, ambiguous, head_problems)
   return traverse_util.unflatten_dict(out), report
+
+
+def _fit_leaf(path: tuple, want: Any, stored_groups: Mapping[tuple, Mapping[str, Any]],
+              init_domain: str):
+  """(value, how, stored leaves consumed) for one wanted leaf; how is loaded | copied | chosen
+  (`_norm_value`), or the problem: ambiguous | missing | shape (value: the stored one)."""
+  group, leaf = path[:-1], path[-1]
+  have = stored_groups.get(group, {})
+  if _is_norm(group[1:], leaf):
+    value, how, consumed = _norm_value(have, leaf, init_domain)
+    if how == "ambiguous":
+      return None, how, ()
+  else:
+    value, how, consumed = have.get(leaf), "loaded", (leaf,)
+  if value is None:
+    return None, "missing", ()
+  if _shape(value) != _shape(want):
+    return value, "shape", ()
+  return value, how, consumed
 
 
 def _norm_value(have: Mapping[str, Any], leaf: str, init_domain: str):
@@ -195,7 +219,8 @@ def _raise_problems(source, missing, shapes, unused, ambiguous, head_problems) -
   lines = []
   if missing or shapes or unused:
     lines.append(f"{source} holds a different model than the config describes (check "
-                 "model.stage_sizes and model.base_width against the stored model):")
+                 "model.name, model.stage_sizes and model.base_width, or model.mit.*, against "
+                 "the stored model):")
     if missing:
       lines.append(f"  {len(missing)} modules of this model are not stored: "
                    f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
