@@ -1,6 +1,14 @@
-"""Imports PyTorch DeepLab-V2 / torchvision ResNet weights into seat_jax Flax variables.
+"""Imports PyTorch DeepLab-V2 / torchvision ResNet and MiT (SegFormer) weights into seat_jax
+Flax variables.
 
-    python -m seat_jax.convert --torch=FILE.pth --out=DIR [--format=auto|deeplab|torchvision]
+    python -m seat_jax.convert --torch=FILE.pth --out=DIR
+        [--format=auto|deeplab|torchvision|mit|segformer_hf]
+
+MiT files: mmsegmentation's `mit_b*.pth` (DAFormer's and MIC's init) or a Hugging Face
+`nvidia/mit-b*` download (its directory, model.safetensors or pytorch_model.bin); see
+`convert_mit` for the layouts. They convert to `model.name=segformer` variables the same way:
+the file's own encoder with plain norms (and its decoder when it has one), and every SegFormer
+preset starts from it in any norm mode.
 
 reads the architecture from the file (blocks per stage, width, heads) and writes it once, as the
 file holds it, with plain BatchNorms, as an orbax checkpoint (items `model` and `meta`, see
@@ -29,14 +37,19 @@ from absl import flags
 from flax import traverse_util
 
 from seat_jax import cli
+from seat_jax import convert_mit
 from seat_jax import errors
 
-FORMATS = ("auto", "deeplab", "torchvision")
+FORMATS = ("auto", "deeplab", "torchvision") + convert_mit.FORMATS
 UNDERSTOOD_FORMATS = (
     "a file written by torch.save holding a state_dict (bare, or wrapped as {'state_dict': ...} "
     "or {'model': ...}) of either (a) a DeepLab-V2 ResNet-101 in the AdaptSegNet/ADVENT layout "
     "(conv1.weight, bn1.*, layer1-4.*, optional heads layer5/layer6.conv2d_list.*, keys with or "
-    "without a 'Scale.' prefix), or (b) a torchvision ResNet-101 (the same backbone keys plus fc.*)")
+    "without a 'Scale.' prefix), or (b) a torchvision ResNet-101 (the same backbone keys plus "
+    "fc.*), or (c) an mmseg MiT mit_b*.pth (patch_embed1.proj.weight, block1.0.*, norm1.*), or "
+    "(d) a Hugging Face SegFormer (segformer.encoder.*; its directory, model.safetensors or "
+    "pytorch_model.bin)")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Prefixes that wrappers add in front of every key: the Caffe-converted DeepLab init uses
 # `Scale.`, nn.DataParallel uses `module.`.
 KEY_PREFIXES = ("module.", "Scale.")
@@ -75,18 +88,47 @@ class Conversion:
 # ----------------------------------------------------------------------------- reading the file
 
 
+def weights_file(path: str) -> str:
+  """The file holding the weights: `path` itself, or a Hugging Face directory's weights."""
+  if os.path.isdir(path):
+    for name in HF_WEIGHT_FILES:
+      if os.path.isfile(os.path.join(path, name)):
+        return os.path.join(path, name)
+    raise errors.MissingInputError(
+        f"{path!r} is a directory without {' or '.join(HF_WEIGHT_FILES)}; give the .pth file or "
+        "a Hugging Face model directory.")
+  return path
+
+
+def read_hf_config(path: str) -> dict | None:
+  """The config.json beside Hugging Face weights (its head counts), or None."""
+  import json  # pylint: disable=g-import-not-at-top
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  config_path = os.path.join(folder, "config.json")
+  if not os.path.isfile(config_path):
+    return None
+  with open(config_path) as f:
+    return json.load(f)
+
+
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Loads a .pth file safely and returns its tensors as float arrays, keys without prefixes."""
+  """Loads a .pth/.bin/.safetensors file (or a Hugging Face directory) safely and returns its
+  tensors as float arrays, keys without prefixes."""
   try:
     import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
   except ImportError as e:
     raise errors.MissingInputError(
         "Reading PyTorch checkpoints needs PyTorch: pip install -e '.[torch]' (the CPU wheel "
         "torch==2.13.0 is enough).") from e
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise errors.MissingInputError(f"PyTorch checkpoint {path!r} does not exist.")
+  path = weights_file(path)
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if path.endswith(".safetensors"):
+      from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
+      obj = load_file(path, device="cpu")
+    else:
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError)
     raise CheckpointError(
         f"{path} is not a PyTorch checkpoint that can be read safely "
@@ -130,8 +172,12 @@ def _strip_prefixes(key: str) -> str:
 
 
 def detect_format(keys: Sequence[str], source: str = "checkpoint") -> str:
-  """'torchvision' if the file has the ImageNet classifier fc.*, 'deeplab' for a ResNet without it."""
+  """'mit' or 'segformer_hf' for MiT files (`convert_mit.detect`); 'torchvision' if the file has
+  the ImageNet classifier fc.*, 'deeplab' for a ResNet without it."""
   keys = set(keys)
+  mit = convert_mit.detect(keys)
+  if mit:
+    return mit
   if "conv1.weight" not in keys or not any(k.startswith("layer1.") for k in keys):
     sample = sorted(keys)[:5]
     raise CheckpointError(
@@ -225,7 +271,7 @@ def init_head_params(model_config: Any, seed: int = 0) -> dict:
 
   def heads(rng):
     params = models.init_variables(module, rng)["params"]
-    return {name: params[name] for name in HEAD_MODULES}
+    return {name: params[name] for name in (*HEAD_MODULES, "decode_head") if name in params}
 
   rng = jax.random.PRNGKey(seed)
   return jax.jit(heads).lower(rng).compile(compiler_options=_FAST_COMPILE)(rng)
@@ -257,17 +303,21 @@ def infer_model_config(state: Mapping[str, np.ndarray], fmt: str) -> ml_collecti
 
 
 def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any = None,
-                       fmt: str = "auto", seed: int = 0, source: str = "checkpoint") -> Conversion:
+                       fmt: str = "auto", seed: int = 0, source: str = "checkpoint",
+                       hf_config: Mapping[str, Any] | None = None) -> Conversion:
   """The variables of a (prefix-stripped) state_dict.
 
   Without `model_config`: the file's own architecture (`infer_model_config`), heads only where
   the file has them for that model. With one: exactly `build_segmenter(model_config).init`'s
-  tree, heads the file cannot give taken from `init` with `seed`.
+  tree, heads the file cannot give taken from `init` with `seed`. `hf_config`: a Hugging Face
+  config.json's content (MiT head counts).
   """
   if fmt not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
   if fmt == "auto":
     fmt = detect_format(state.keys(), source)
+  if fmt in convert_mit.FORMATS:
+    return _convert_mit(state, model_config, fmt, seed, source, hf_config)
   keep_random_heads = model_config is not None
   if model_config is None:
     model_config = infer_model_config(state, fmt)
@@ -313,6 +363,63 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any = None
       num_params=num_params, model_config=model_config)
 
 
+def _convert_mit(state: Mapping[str, np.ndarray], model_config: Any, fmt: str, seed: int,
+                 source: str, hf_config: Mapping[str, Any] | None) -> Conversion:
+  """`convert_state_dict` for the MiT layouts (`convert_mit`), with the same bookkeeping."""
+  ref, skipped = convert_mit.to_reference_layout(state, fmt)
+  ignored = sorted(k for k in state if k.endswith(IGNORED_SUFFIXES))
+  keep_random_heads = model_config is not None
+  try:
+    inferred = convert_mit.infer_model_config(ref, fmt, hf_config)
+  except (KeyError, ValueError) as e:
+    raise CheckpointError(f"{source} (format {fmt!r}) is not a MiT the converter can read: "
+                          f"{e}. Understood: {UNDERSTOOD_FORMATS}.") from e
+  if model_config is None:
+    model_config = inferred
+  decoder = str(model_config.decoder.name)
+  load_heads = convert_mit.has_decoder(ref, decoder) and (
+      int(inferred.num_classes) == int(model_config.num_classes))
+  if load_heads:
+    heads_note = f"the {decoder} decoder from the file"
+  elif any(convert_mit.is_head(k) for k in ref):
+    heads_note = (f"the file's decoder ({inferred.decoder.name}, {inferred.num_classes} classes) "
+                  f"is not this model's ({decoder}, {model_config.num_classes}): skipped")
+    skipped += sorted(k for k in ref if convert_mit.is_head(k))
+  else:
+    heads_note = "an encoder without a decoder (ImageNet weights): no decoder"
+  abstract = abstract_variables(model_config)
+  random_heads = (traverse_util.flatten_dict({"params": init_head_params(model_config, seed)})
+                  if keep_random_heads and not load_heads else {})
+  used, missing, bad_shapes, out = set(), [], [], {}
+  for collection, tree in abstract.items():
+    new_flat = {}
+    for path, expected in traverse_util.flatten_dict(tree).items():
+      name = convert_mit.torch_key(path)
+      if convert_mit.is_head(name) and not load_heads:
+        if keep_random_heads:
+          new_flat[path] = random_heads[(collection, *path)]
+        continue
+      if name not in ref:
+        missing.append(name)
+        continue
+      found = np.asarray(ref[name])
+      if found.shape != convert_mit.torch_shape(expected.shape):
+        bad_shapes.append(f"{name}: expected shape {convert_mit.torch_shape(expected.shape)} "
+                          f"(Flax {collection}/{'/'.join(path)} {tuple(expected.shape)}), "
+                          f"found {found.shape}")
+        continue
+      used.add(name)
+      new_flat[path] = jnp.asarray(convert_mit.to_flax_layout(found), dtype=expected.dtype)
+    out[collection] = traverse_util.unflatten_dict(new_flat)
+  unexpected = sorted(set(ref) - used - set(skipped))
+  _raise_on_mismatch(source, fmt, sorted(set(missing)), unexpected, bad_shapes)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(out.get("params")))
+  return Conversion(
+      variables=out, format=fmt, converted_keys=sorted(used), skipped_keys=sorted(skipped),
+      ignored_keys=ignored, heads_from_checkpoint=load_heads, heads_note=heads_note,
+      num_params=num_params, model_config=model_config)
+
+
 def _head_decision(state: Mapping[str, np.ndarray], model_config: Any, fmt: str) -> tuple[bool, str]:
   """Whether the file's layer5/layer6 are this model's aux/main heads (else they stay random)."""
   if fmt == "torchvision":
@@ -345,8 +452,12 @@ def _raise_on_mismatch(source: str, fmt: str, missing: list[str], unexpected: li
   if unexpected:
     parts.append(f"{len(unexpected)} unexpected key(s) the model has no place for:\n  " +
                  _listing(unexpected))
-  parts.append("Check model.stage_sizes / base_width / num_classes against the file (ResNet-101 "
-               "is stage_sizes=(3, 4, 23, 3), base_width=64) and --format.")
+  if fmt in convert_mit.FORMATS:
+    parts.append("Check model.mit.* / model.decoder.* / num_classes against the file (MiT-B5: "
+                 f"{dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3))}) and --format.")
+  else:
+    parts.append("Check model.stage_sizes / base_width / num_classes against the file "
+                 "(ResNet-101 is stage_sizes=(3, 4, 23, 3), base_width=64) and --format.")
   raise CheckpointError("\n".join(parts))
 
 
@@ -359,7 +470,8 @@ def _listing(items: list[str]) -> str:
 def convert_checkpoint(path: str, model_config: Any, fmt: str = "auto",
                        seed: int = 0) -> Conversion:
   """Reads `path` and converts it; see `Conversion` for the bookkeeping."""
-  return convert_state_dict(read_state_dict(path), model_config, fmt, seed, source=path)
+  return convert_state_dict(read_state_dict(path), model_config, fmt, seed, source=path,
+                            hf_config=read_hf_config(path))
 
 
 def load_torch_checkpoint(path: str, model_config: Any, fmt: str = "auto",
@@ -395,22 +507,31 @@ def run(argv: Sequence[str]) -> int:
   checkpointing.save_variables(_OUT.value, result.variables,
                                result.metadata(_TORCH.value, cfg, 0))
   num_bn = sum(1 for k in result.converted_keys if k.endswith(".running_mean"))
+  num_ln = (sum(1 for k in result.converted_keys if k.endswith(".weight") and
+                re.search(r"(^|\.)norm\d?\.weight$", k)) if result.format in convert_mit.FORMATS
+            else 0)
   print(f"Converted {_TORCH.value} (format {result.format}) -> {os.path.abspath(_OUT.value)}\n"
         f"  model:             {_model_line(cfg, result.heads_from_checkpoint)}\n"
-        f"  tensors converted: {len(result.converted_keys)} ({num_bn} BatchNorms)\n"
+        f"  tensors converted: {len(result.converted_keys)} ({num_bn} BatchNorms"
+        f"{f', {num_ln} LayerNorms' if num_ln else ''})\n"
         f"  tensors skipped:   {len(result.skipped_keys)}"
         f"{' (' + _short(result.skipped_keys) + ')' if result.skipped_keys else ''}\n"
         f"  ignored:           {len(result.ignored_keys)} num_batches_tracked\n"
         f"  heads:             {result.heads_note}\n"
         f"  model parameters:  {result.num_params:,}\n"
-        f"Every preset starts from it: --config.init_from={os.path.abspath(_OUT.value)} (its "
-        "BatchNorms fill each domain slot; heads it lacks for the preset start fresh).")
+        f"Every {'SegFormer ' if result.format in convert_mit.FORMATS else ''}preset starts "
+        f"from it: --config.init_from={os.path.abspath(_OUT.value)} (its norms fill each domain "
+        "slot; heads it lacks for the preset start fresh).")
   return 0
 
 
 def _model_line(cfg, with_heads: bool) -> str:
-  return (f"stage_sizes {tuple(cfg.stage_sizes)}, base_width {cfg.base_width}, "
-          + (f"heads for {cfg.num_classes} classes" if with_heads else "backbone only"))
+  heads = f"heads for {cfg.num_classes} classes" if with_heads else "backbone only"
+  if cfg.get("name", "deeplabv2") == "segformer":
+    return (f"SegFormer MiT embed_dims {tuple(cfg.mit.embed_dims)}, depths "
+            f"{tuple(cfg.mit.depths)}, " + (f"{cfg.decoder.name} decoder for {cfg.num_classes} "
+                                             "classes" if with_heads else "encoder only"))
+  return f"stage_sizes {tuple(cfg.stage_sizes)}, base_width {cfg.base_width}, " + heads
 
 
 def main(argv: Sequence[str] | None = None) -> int:
