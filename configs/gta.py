@@ -14,6 +14,8 @@ Differential treatment: `:differential`, `:differential_seat`. Toldo et al.: `:c
 then `:clustering` from it (`:clustering_seat_source`, `:clustering_seat` with SEAT norms).
 Mixing-based self-training (docs: "Mixing methods"): `:dacs`, `:daformer_dlv2`,
 `:mic_dlv2`, each with `_seat` for SEAT norms.
+DAFormer and MIC as published, on SegFormer (MiT-B5, DAFormer's decoder; docs/segformer.md):
+`:daformer`, `:mic`, each with `_seat` for SEAT norms (start from a converted mit_b5).
 """
 
 from seat_jax import presets

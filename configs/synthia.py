@@ -8,6 +8,8 @@ FDA: `:fda_b001`, `:fda_b005`, `:fda_b009` (`_seat` for SEAT norms; `--config.mo
 16-output model instead.
 The other compared methods as in configs/gta.py: `:differential`, `:clustering_source` then
 `:clustering`, `:dacs`, `:daformer_dlv2`, `:mic_dlv2` (each with a `_seat` twin).
+DAFormer and MIC on SegFormer (docs/segformer.md): `:daformer`, `:mic` (each with a `_seat`
+twin), 19 outputs scored mIoU16/13 as DAFormer does.
 """
 
 from seat_jax import presets

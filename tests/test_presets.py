@@ -21,13 +21,14 @@ DIFFERENTIAL = ("differential", "differential_seat")
 CLUSTERING = ("clustering_source", "clustering", "clustering_seat_source", "clustering_seat")
 MIXING = ("dacs", "dacs_seat", "daformer_dlv2", "daformer_dlv2_seat", "mic_dlv2",
           "mic_dlv2_seat")
+SEGFORMER = ("daformer", "daformer_seat", "mic", "mic_seat")
 ROWS = {
     "gta.py": ("", "aa", "it", "sat", "seat", "mul", "adaptsegnet", "adaptsegnet_seat",
                "advent", "advent_seat", "source_only", "cycada", *INTRADA, *FDA, *DIFFERENTIAL,
-               *CLUSTERING, *MIXING),
+               *CLUSTERING, *MIXING, *SEGFORMER),
     "gta_stage2.py": ("", "mul", *INTRADA, *FDA),
     "synthia.py": ("", "aa", "it", "sat", "seat", "mul", *FDA, *FDA16, *DIFFERENTIAL,
-                   *CLUSTERING, *MIXING),
+                   *CLUSTERING, *MIXING, *SEGFORMER),
     "synthia_stage2.py": ("", "mul", *FDA, *FDA16),
     "demo.py": ("", "shared", "sat", "seat", *INTRADA, "intrada_stage2", "intrada_seat_stage2",
                 *FDA, *DIFFERENTIAL, *CLUSTERING, "dacs", "dacs_seat", "daformer",

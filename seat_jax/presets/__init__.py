@@ -13,12 +13,14 @@ from seat_jax import config_defaults
 from seat_jax.presets.rows import (
     ABLATION_ROWS, CLUSTERING_ROWS, DIFFERENTIAL_ROWS, FDA16_ROWS, FDA_ROWS, GTA_LAYER_SWITCH,
     GTA_ROWS,
-    GTA_STAGE2_ROWS, INTRADA_ROWS, MIX_ROWS, SOURCE_ONLY_ROWS, SYNTHIA_LAYER_SWITCH,
+    GTA_STAGE2_ROWS, INTRADA_ROWS, MIX_ROWS, SEGFORMER_ROWS, SOURCE_ONLY_ROWS,
+    SYNTHIA_LAYER_SWITCH,
     SYNTHIA_ROWS, SYNTHIA_STAGE2_ROWS, TABLE4_ROWS, UnknownPresetError, check_row)
 from seat_jax.presets.paper import (
     apply_ablation_row, gta_base, paper_recipe, source_only, stage2, table4)
 from seat_jax.presets.compared import clustering, differential, fda, intrada, intrada_stage2
 from seat_jax.presets.mixing_recipes import mixing
+from seat_jax.presets.transformer_recipes import daformer
 from seat_jax.presets.synthetic_demo import DEMO_ROWS, demo, demo_intrada, demo_pretrain, demo_row
 
 
@@ -44,6 +46,10 @@ def gta(row: str = "mul") -> ml_collections.ConfigDict:
     config = gta_base()
     config.data.source.builder_config = "original"
     return mixing(config, row)
+  if row in SEGFORMER_ROWS:  # DAFormer's GTA5: the original images, 1280x720 (its Resize)
+    config = gta_base()
+    config.data.source.builder_config = "original"
+    return daformer(config, row)
   config = gta_base()
   if row == "aa":
     config.data.source.builder_config = "original"
@@ -77,6 +83,12 @@ def synthia(row: str = "mul") -> ml_collections.ConfigDict:
     return clustering(config, row, "synthia")
   if row in MIX_ROWS:
     return mixing(config, row)
+  if row in SEGFORMER_ROWS:
+    # DAFormer trains SYNTHIA with 19 outputs (its SynthiaDataset has the 19 Cityscapes classes)
+    # and reports mIoU16 of the 19-class IoU: the synthia19 label space.
+    config.model.num_classes = 19
+    config.data.label_space = "synthia19"
+    return daformer(config, row)
   # The paper: "+SEAT ... 47.0 (no layer switch)", "+Mul ... 47.4 (layer switch 4-4)".
   layer_switch = SYNTHIA_LAYER_SWITCH if row == "mul" else ()
   return apply_ablation_row(config, row, layer_switch)
@@ -94,6 +106,7 @@ __all__ = [
     "GTA_STAGE2_ROWS",
     "INTRADA_ROWS",
     "MIX_ROWS",
+    "SEGFORMER_ROWS",
     "SOURCE_ONLY_ROWS",
     "SYNTHIA_LAYER_SWITCH",
     "SYNTHIA_ROWS",
@@ -103,6 +116,7 @@ __all__ = [
     "apply_ablation_row",
     "check_row",
     "clustering",
+    "daformer",
     "demo",
     "demo_intrada",
     "demo_pretrain",

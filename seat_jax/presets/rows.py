@@ -34,11 +34,14 @@ CLUSTERING_ROWS = ("clustering_source", "clustering", "clustering_seat_source", 
 # DeepLabV2 and MIC on top of it, each without / with SEAT norms.
 MIX_ROWS = tuple(f"{m}{suffix}" for m in ("dacs", "daformer_dlv2", "mic_dlv2")
                  for suffix in ("", "_seat"))
+# DAFormer and MIC as published, on SegFormer (MiT-B5, DAFormer's decoder), each without / with
+# SEAT norms.
+SEGFORMER_ROWS = ("daformer", "daformer_seat", "mic", "mic_seat")
 # Every row each configs/*.py file accepts after its colon ("" = the file's default row).
 GTA_ROWS = (*ABLATION_ROWS, *TABLE4_ROWS, *SOURCE_ONLY_ROWS, *INTRADA_ROWS, *FDA_ROWS,
-            *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, *MIX_ROWS)
+            *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, *MIX_ROWS, *SEGFORMER_ROWS)
 SYNTHIA_ROWS = (*ABLATION_ROWS, *FDA_ROWS, *FDA16_ROWS, *DIFFERENTIAL_ROWS, *CLUSTERING_ROWS,
-                *MIX_ROWS)
+                *MIX_ROWS, *SEGFORMER_ROWS)
 # Stage 2 self-trains after an adversarial row (the paper), is IntraDA's second adaptation, or
 # one of FDA's self-training rounds.
 GTA_STAGE2_ROWS = (*ABLATION_ROWS, *TABLE4_ROWS, *INTRADA_ROWS, *FDA_ROWS)
