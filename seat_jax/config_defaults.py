@@ -92,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.aux_weight = 0.1  # CE(main) + aux_weight * CE(aux)
+  c.loss.ce_normalise = "valid"  # source CE mean over: valid (labelled) | all pixels (mmseg)
 
   # Optimisation (the paper's section 4.3).
   c.optim = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ from seat_jax import config_defaults
 from seat_jax import datasets
 from seat_jax import errors
 from seat_jax import labels
+from seat_jax import losses
 from seat_jax import methods
 from seat_jax import models
 from seat_jax import optim
@@ -23,6 +24,7 @@ CHOICES = {
     "model.remat": models.REMAT_CHOICES,
     "adv.mode": adversary.ADV_MODES,
     "adv.input": adversary.ADV_INPUTS,
+    "loss.ce_normalise": losses.CE_NORMALISATIONS,
     "data.label_space": labels.LABEL_SPACES,
     "data.source.name": datasets.NAMES,
     "data.target.name": datasets.NAMES,

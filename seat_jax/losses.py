@@ -10,8 +10,16 @@ SOURCE_DOMAIN_LABEL = 0.0
 TARGET_DOMAIN_LABEL = 1.0
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean pixel cross-entropy over pixels whose label is not 255.
+# config loss.ce_normalise: the source CE's mean over labelled pixels (PyTorch's
+# CrossEntropyLoss, the DeepLab references) or over every pixel, ignored ones adding 0
+# (mmsegmentation 0.16's reduction, which DAFormer and MIC use).
+CE_NORMALISATIONS = ("valid", "all")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, over_all_pixels: bool = False
+                  ) -> jax.Array:
+  """Mean pixel cross-entropy over pixels whose label is not 255 (`over_all_pixels`: divided
+  by every pixel instead).
 
   logits: [N, H, W, C]; labels: [N, H, W] integer train ids. Returns 0 (not NaN, as PyTorch would)
   when every pixel is ignored, so a crop of pure void does not poison training.
@@ -23,6 +31,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
   total = -jnp.sum(jnp.where(valid, picked, 0.0))
+  if over_all_pixels:
+    return total / labels.size
   return total / jnp.maximum(jnp.sum(valid), 1)
 
 

@@ -74,11 +74,13 @@ class StepOptions:
   # The enabled methods with their static options (`methods.enabled`), in registry order.
   methods: tuple[base.Method, ...] = ()
   seed: int = 0  # the step's random draws: fold_in(key(seed), step)
+  ce_over_all_pixels: bool = False  # config loss.ce_normalise == "all" (mmseg's source CE)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
     return cls(adv_mode=config.adv.mode, adv_input=config.adv.input,
-               methods=methods.enabled(config), seed=int(config.seed))
+               methods=methods.enabled(config), seed=int(config.seed),
+               ce_over_all_pixels=config.loss.get("ce_normalise", "valid") == "all")
 
   @property
   def target_pass(self) -> bool:
@@ -149,11 +151,13 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
         params, state.batch_stats, src_img, "source", features=opts.needs_source_features,
         rng=base.dropout_key(key, "source"))
     aux_s, main_s = upsample(aux_s8, src_img), upsample(main_s8, src_img)
-    seg_main = losses.cross_entropy(main_s, batch[batch_keys.SOURCE_LABEL])
+    seg_main = losses.cross_entropy(main_s, batch[batch_keys.SOURCE_LABEL],
+                                    opts.ce_over_all_pixels)
     metrics = {"seg_main": seg_main}
     total = seg_main
     if aux_s is not None:
-      metrics["seg_aux"] = losses.cross_entropy(aux_s, batch[batch_keys.SOURCE_LABEL])
+      metrics["seg_aux"] = losses.cross_entropy(aux_s, batch[batch_keys.SOURCE_LABEL],
+                                                opts.ce_over_all_pixels)
       total = total + w["aux_weight"] * metrics["seg_aux"]
     ctx = base.StepContext(
         model=model, forward=forward, upsample=upsample, params=params, batch=batch, weights=w,

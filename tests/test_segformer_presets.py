@@ -25,6 +25,7 @@ from seat_jax import checkpointing  # noqa: E402
 from seat_jax import cli  # noqa: E402
 from seat_jax import config_validation  # noqa: E402
 from seat_jax import convert  # noqa: E402
+from seat_jax import losses  # noqa: E402
 from seat_jax import models  # noqa: E402
 from seat_jax import optim  # noqa: E402
 from seat_jax import presets  # noqa: E402
@@ -87,6 +88,9 @@ def test_presets_follow_daformer_and_mic(name, row):
   x = config.mix
   assert x.enabled and (x.teacher_alpha, x.confidence, x.jitter_strength, x.augment) == (
       0.999, 0.968, 0.2, True)
+  # dacs.py forward_train: the EMA at the start of iteration t >= 1 with alpha_t; mmseg 0.16's
+  # cross_entropy averages over every pixel (weight_reduce_loss, ignored pixels add 0).
+  assert (x.teacher_schedule, config.loss.ce_normalise) == ("daformer", "all")
   assert (x.pseudo_ignore_top, x.pseudo_ignore_bottom, x.fd_weight) == (15, 120, 0.005)
   assert (d.source.rcs_temperature, d.source.rcs_min_pixels, d.source.rcs_min_crop_ratio) == (
       0.01, 3000, 0.5)
@@ -175,7 +179,8 @@ def test_every_segformer_preset_starts_from_the_one_converted_init(converted_mit
 def test_a_step_of_the_recipe_runs_from_the_converted_init(converted_mit_init):
   """One jitted step of :mic_seat (tiny sizes; the colour augmentation, tested in
   test_mixing.py, off to keep the compile short) from the converted init: every term of the
-  recipe is logged, nothing of an aux head, and the teacher becomes the student (DACS)."""
+  recipe is logged, nothing of an aux head, and the teacher of iteration 1 is half the initial
+  model and half the student (DAFormer's EMA at the start of iteration 1, alpha 0.5)."""
   stored, _ = converted_mit_init
   row = "mic_seat"
   config = tiny(load("gta.py", row))
@@ -198,8 +203,17 @@ def test_a_step_of_the_recipe_runs_from_the_converted_init(converted_mit_init):
   assert all(np.isfinite(float(v)) for v in metrics.values())
   moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), state.params, new.params)
   assert max(jax.tree.leaves(moved)) > 0
-  teacher = new.method_state["teacher"]
-  jax.tree.map(np.testing.assert_array_equal, teacher["params"], new.params)
+  teacher = new.method_state["teacher"]["params"]
+  jax.tree.map(lambda t, a, b: np.testing.assert_allclose(t, 0.5 * a + 0.5 * b, atol=1e-7),
+               teacher, state.params, new.params)
+
+
+def test_mmseg_cross_entropy_averages_over_every_pixel():
+  logits = np.log(np.array([[[[0.5, 0.5], [0.9, 0.1]]]], np.float32))  # [1, 1, 2, 2]
+  labels = np.array([[[0, 255]]], np.int32)
+  assert np.isclose(float(losses.cross_entropy(logits, labels)), np.log(2))
+  assert np.isclose(float(losses.cross_entropy(logits, labels, over_all_pixels=True)),
+                    np.log(2) / 2)
 
 
 def _state_from(trainer, variables):

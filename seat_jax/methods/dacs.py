@@ -354,6 +354,8 @@ def strong_augment(key, images, jitter_strength: float = DAFORMER_JITTER_STRENGT
 # How mixed images are normalised (config mix.norm): as target images, as source images, or with
 # their own batch statistics and the mean affine (seat_norm.MIXED).
 MIX_NORMS = {"target": "target", "source": "source", "batch": seat_norm.MIXED}
+# config mix.teacher_schedule: when the teacher follows the student (see `add_config`).
+TEACHER_SCHEDULES = ("dacs", "daformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +371,7 @@ class Mixing(base.Method):
   mic_block: int = 64
   mic_ratio: float = 0.7
   mic_update_stats: bool = False
+  teacher_schedule: str = "dacs"
   num_classes: int = 19
   needs_target_images = True
 
@@ -380,6 +383,10 @@ class Mixing(base.Method):
     # mean affine, no running update; best on the synthetic shift, benchmarks/RESULTS.md).
     mix.norm = "batch"
     mix.teacher_alpha = 0.99  # EMA of the teacher (DACS 0.99; DAFormer, MIC 0.999)
+    # When the teacher follows: dacs (after iteration t's update, alpha_t: the teacher of t + 1
+    # is the student of t + 1) | daformer (DAFormer and MIC: at the start of iteration t >= 1,
+    # alpha_t, i.e. alpha_{t+1} after t's update: the teacher of 1 is half the initial model).
+    mix.teacher_schedule = "dacs"
     mix.confidence = 0.968  # pseudo-label weight = share of teacher pixels above this
     mix.augment = True  # colour jitter + Gaussian blur on the mixed image (DACS)
     mix.jitter_strength = 0.2  # colour jitter's strength (DACS 0.25, DAFormer/MIC 0.2)
@@ -403,6 +410,9 @@ class Mixing(base.Method):
     problems, mix = [], config.mix
     if mix.norm not in MIX_NORMS:
       problems.append(f"config.mix.norm={mix.norm!r} is not one of {tuple(MIX_NORMS)}")
+    if mix.get("teacher_schedule", "dacs") not in TEACHER_SCHEDULES:
+      problems.append(f"config.mix.teacher_schedule={mix.teacher_schedule!r} is not one of "
+                      f"{TEACHER_SCHEDULES}")
     if not 0.0 <= mix.teacher_alpha < 1.0:
       problems.append(f"config.mix.teacher_alpha={mix.teacher_alpha} must be in [0, 1) "
                       "(DACS 0.99, DAFormer/MIC 0.999)")
@@ -433,6 +443,7 @@ class Mixing(base.Method):
                mic=bool(mix.mic_weight), mic_block=int(mix.mic_block),
                mic_ratio=float(mix.mic_ratio),
                mic_update_stats=bool(mix.get("mic_update_stats", False)),
+               teacher_schedule=str(mix.get("teacher_schedule", "dacs")),
                num_classes=int(config.model.num_classes))
 
   def init_state(self, variables):
@@ -488,6 +499,7 @@ class Mixing(base.Method):
     return total, metrics
 
   def after_update(self, ctx):
+    step = ctx.step + (1 if self.teacher_schedule == "daformer" else 0)
     ctx.method_state["teacher"] = ema_update(
         ctx.method_state["teacher"], {"params": ctx.params, "batch_stats": ctx.batch_stats},
-        ctx.step, ctx.weights["teacher_alpha"])
+        step, ctx.weights["teacher_alpha"])

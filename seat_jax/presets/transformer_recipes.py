@@ -42,8 +42,9 @@ def daformer(config: ml_collections.ConfigDict, row: str) -> ml_collections.Conf
   optimiser (AdamW 6e-5, 10x decoder, no decay on the MiT norms, 1,500-step linear warmup,
   poly 1.0 over 40k steps), 512x512 crops with flips, batch 2, DAFormer's self-training (EMA
   0.999, confidence 0.968, pseudo-label crop 15/120, colour jitter 0.2), RCS (T 0.01, 3,000 px,
-  crop ratio 0.5) and the thing-class feature distance (0.005); `mic` rows add the masked
-  target images (32-px blocks, ratio 0.7, weight 1).
+  crop ratio 0.5) and the thing-class feature distance (0.005), with DAFormer's teacher timing
+  and mmseg's CE mean over every pixel; `mic` rows add the masked target images (32-px blocks,
+  ratio 0.7, weight 1).
   """
   method = row.removesuffix("_seat")
   segformer_model(config, row.endswith("_seat"))
@@ -69,6 +70,8 @@ def daformer(config: ml_collections.ConfigDict, row: str) -> ml_collections.Conf
   config.mix.enabled = True
   mixed_image_norm(config)
   config.mix.teacher_alpha = dacs.DAFORMER_ALPHA
+  config.mix.teacher_schedule = "daformer"  # the EMA at the start of each iteration (dacs.py)
+  config.loss.ce_normalise = "all"  # mmseg 0.16's CE: the mean over every pixel
   config.mix.confidence = dacs.PSEUDO_THRESHOLD
   config.mix.augment = True
   config.mix.jitter_strength = dacs.DAFORMER_JITTER_STRENGTH
