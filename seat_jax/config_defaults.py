@@ -104,6 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 0  # linear warmup from 1e-6 of the lr (DAFormer: 1500); 0 = none
   c.optim.adam_b1 = 0.9  # optim.name=adamw only
   c.optim.adam_b2 = 0.999
+  c.optim.adam_eps = 1e-8  # added to sqrt(v) (torch.optim.AdamW's and mmseg's default)
   c.optim.head_lr_mult = 10.0
   c.optim.head_patterns = (r"^(aux_head|main_head|decode_head)/",)
   c.optim.frozen_patterns = ()  # extra regexes of params that never move

@@ -211,6 +211,7 @@ def make_segmenter_tx(config, params: Any) -> optax.GradientTransformation:
   if config.optim.get("name", "sgd") == "adamw":
     def adamw(schedule):
       return optax.adamw(schedule, b1=config.optim.adam_b1, b2=config.optim.adam_b2,
+                         eps=config.optim.get("adam_eps", 1e-8),
                          weight_decay=config.optim.weight_decay, mask=mask)
     return optax.multi_transform(
         {"backbone": adamw(schedules["backbone"]), "head": adamw(schedules["head"]),

@@ -34,6 +34,9 @@ THING_CLASSES = {
 }
 FD_LAMBDA = 0.005  # imnet_feature_dist_lambda
 FD_SCALE_MIN_RATIO = 0.75  # imnet_feature_dist_scale_min_ratio
+# Student and reference features closer than this (relative to the reference's norm) count as
+# identical in the feature distance: a few hundred float32 ulps (`feature_distance_loss`).
+FD_SAME_FEATURES = 2.0**-16
 # DAFormer's final recipe: teacher alpha 0.999 and the pseudo-label crop, which zeroes the
 # pseudo-label weight of the top 15 and bottom 120 rows of each 512 x 512 target crop
 # (`dacs.pseudo_labels_and_weight(ignore_top=..., ignore_bottom=...)`).
@@ -116,13 +119,17 @@ def feature_distance_loss(student_feat, imagenet_feat, source_labels, thing_clas
   source_labels: [N, H, W]. The per-cell distance is the L2 norm over channels (not squared),
   averaged over the cells `thing_mask` selects. Deviation: with no such cell DAFormer's
   torch.mean of an empty tensor gives NaN; this returns 0. The norm's gradient is 0 (not NaN) at
-  identical features, as in PyTorch.
+  identical features, as in PyTorch; and a distance within float32 rounding of the features
+  (below FD_SAME_FEATURES of the reference's norm) counts as identical: at the first iteration
+  PyTorch's two passes give bitwise-equal features (distance 0, gradient 0), whereas XLA
+  computes the student's pass and the reference's as different programs, and the norm's
+  gradient, the direction of the difference, would be float noise at full size.
   """
   student = jnp.asarray(student_feat, jnp.float32)
   frozen = lax.stop_gradient(jnp.asarray(imagenet_feat, jnp.float32))
   mask = thing_mask(source_labels, student.shape[1:3], thing_classes, min_ratio)
   squared = jnp.sum(jnp.square(student - frozen), axis=-1)
-  positive = squared > 0
+  positive = squared > FD_SAME_FEATURES**2 * jnp.sum(jnp.square(frozen), axis=-1)
   dist = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
   count = jnp.sum(mask.astype(jnp.float32))
   return jnp.sum(jnp.where(mask, dist, 0.0)) / jnp.maximum(count, 1.0)
