@@ -169,14 +169,15 @@ def has_decoder(state: Mapping[str, np.ndarray], decoder: str) -> bool:
   return key in state
 
 
-_BACKBONE_PATTERNS = (
+_PATTERNS = (
     (re.compile(r"^backbone/block(\d+)_(\d+)/mlp/dwconv$"), r"block\1.\2.mlp.dwconv.dwconv"),
     (re.compile(r"^backbone/block(\d+)_(\d+)/(.+)$"), r"block\1.\2.\3"),
     (re.compile(r"^backbone/(patch_embed\d|norm\d)(/.*)?$"), r"\1\2"),
     (re.compile(r"^decode_head/embed(\d+)$"), r"decode_head.embed_layers.\1.proj"),
     (re.compile(r"^decode_head/aspp(\d+)/(depthwise|pointwise)/(conv|bn)$"),
      r"decode_head.fuse_layer.aspp_modules.\1.\2_conv.\3"),
-    (re.compile(r"^decode_head/aspp(\d+)/(conv|bn)$"), r"decode_head.fuse_layer.aspp_modules.\1.\2"),
+    (re.compile(r"^decode_head/aspp(\d+)/(conv|bn)$"),
+     r"decode_head.fuse_layer.aspp_modules.\1.\2"),
     (re.compile(r"^decode_head/bottleneck/(conv|bn)$"), r"decode_head.fuse_layer.bottleneck.\1"),
     (re.compile(r"^decode_head/linear_c(\d+)$"), r"decode_head.linear_c.\1.proj"),
     (re.compile(r"^decode_head/(conv_seg|linear_pred|linear_fuse/conv|linear_fuse/bn)$"),
@@ -193,7 +194,7 @@ def torch_key(flax_path) -> str:
   """
   *module_path, leaf = flax_path
   module = "/".join(module_path)
-  for pattern, replacement in _BACKBONE_PATTERNS:
+  for pattern, replacement in _PATTERNS:
     if pattern.match(module):
       prefix = pattern.sub(replacement, module).replace("/", ".")
       break
