@@ -41,6 +41,7 @@ import traceback
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPECS = pathlib.Path(__file__).resolve().parent / "gpu_specs"
+sys.path.insert(0, str(REPO))  # this checkout's seat_jax, matching the configs read from REPO
 GIB = 1024 ** 3
 
 # Published dense peaks, FLOP/s (no sparsity). float32 uses the TF32 tensor-core rate where the
