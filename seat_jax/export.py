@@ -21,7 +21,7 @@ The function: `images` uint8 RGB [N, H, W, 3] -> `labels` uint8 [N, H, W] (class
 the input's size). It normalises the images itself (RGB -> BGR minus the Caffe mean) and uses the
 preset's norms and layer switch baked in, exactly as `predict` does in evaluation and
 `seat_jax.segment`. Batch, height and width are all symbolic: one artifact takes any batch and
-any size of at least 33 pixels a side (the network's shape arithmetic, the ceil-mode pooling
+any size of at least 16 pixels a side (the network's shape arithmetic, the ceil-mode pooling
 included, lowers on symbols, and `models.resize_bilinear` computes its weights on the device for
 them). Feed images at the scale the model was trained at (model_card.json `input.scale`); the
 labels come back at the size fed, to be resized to the original frame by the caller (nearest).

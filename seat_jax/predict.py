@@ -139,8 +139,9 @@ def make_image_predict_fn(model: Any, source_stages: Sequence[int] = (),
 # ---------------------------------------------------------------------------------------------
 # The input scale for images of any size.
 
-# Model input sizes are kept at least this large, so the stride-8 logits have a few pixels.
-MIN_INPUT_SIDE = 33
+# Model input sizes are kept at least this large, so the stride-8 logits have a few pixels (the
+# toy demo trains at 32x64).
+MIN_INPUT_SIDE = 16
 
 
 def parse_scale(scale: str) -> tuple[str, tuple[int, ...]]:
@@ -181,8 +182,8 @@ def model_input_hw(image_hw: Sequence[int], scale: str, trained_hw: Sequence[int
   else:
     target_width = sizes[0] if sizes else int(trained_hw[1])
     out = (max(1, round(height * target_width / width)), target_width)
-  if min(out) < MIN_INPUT_SIDE:
-    raise errors.UsageError(
+  if min(out) < MIN_INPUT_SIDE:  # that image is too small for this scale; others may be fine
+    raise errors.InvalidInputError(
         f"--scale={scale!r} gives a {out[0]}x{out[1]} model input for a {height}x{width} image; "
         f"the network needs at least {MIN_INPUT_SIDE} pixels a side. Use a larger --scale.")
   return int(out[0]), int(out[1])
