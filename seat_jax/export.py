@@ -145,7 +145,8 @@ def evaluation_of(directory, step: int) -> dict[str, Any] | None:
   except (OSError, ValueError, KeyError, TypeError):
     return None
   return {"step": int(step), "means": means, "label_space": summary.get("label_space"),
-          "source_stages": summary.get("source_stages"), "summary": summary_path}
+          "source_stages": summary.get("source_stages"),
+          "summary": os.path.abspath(summary_path)}
 
 
 def model_card(restored: segment.Restored, config, preset: str, files: dict[str, str],
@@ -194,7 +195,8 @@ def model_card(restored: segment.Restored, config, preset: str, files: dict[str,
           "logits": "float32 [batch, height, width, num_classes]: the main head's logits, "
                     "upsampled bilinearly (align_corners=True) to the input's size",
       },
-      "checkpoint": {"directory": os.fspath(restored.directory), "step": restored.step},
+      "checkpoint": {"directory": os.path.abspath(os.fspath(restored.directory)),
+                     "step": restored.step},
       "evaluation": evaluation_of(restored.directory, restored.step),
       "files": files,
       "platforms": list(platforms),
