@@ -580,6 +580,9 @@ def run(argv: list[str]) -> int:
   if _FLAGS["config"].value is None or not _FLAGS["checkpoint"].value:
     raise errors.UsageError("--config and --checkpoint are required, e.g. "
                             "--config=configs/gta.py --checkpoint=runs/gta_seat.")
+  unknown = [o for o in _FLAGS["outputs"].value if o not in OUTPUTS]
+  if unknown:
+    raise errors.UsageError(f"--outputs: {unknown} are not outputs; choose from {OUTPUTS}.")
   inputs = expand_inputs(arguments)
   if not inputs.images and not inputs.videos:
     listing = "\n".join(f"  {argument}: {why}" for argument, why in inputs.missing)
