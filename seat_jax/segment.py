@@ -171,7 +171,7 @@ def video_frame_count(path: str) -> int | None:
 
 @dataclasses.dataclass
 class Segmenter:
-  """A restored model and how it predicts: `labels(images_uint8_list)` and the batch pieces."""
+  """A restored model and how it predicts batches of images of one size."""
   predict_fn: Callable[..., Any]  # (variables, images [B, h, w, 3], out_hw) -> uint8 [B, *out_hw]
   variables: Any
   space: Any  # labels.LabelSpace
@@ -192,12 +192,6 @@ class Segmenter:
     batch = [input_pipeline.preprocess_image(image, hw) for image in images]
     batch += [batch[-1]] * (max(self.batch_size, len(batch)) - len(batch))
     return np.stack(batch)
-
-  def labels(self, images: Sequence[np.ndarray]) -> np.ndarray:
-    """uint8 class ids [n, H, W] of same-size uint8 RGB images, at their own size."""
-    out_hw = images[0].shape[:2]
-    labels = self.predict_fn(self.variables, self.model_inputs(images), out_hw)
-    return np.asarray(labels)[:len(images)]
 
 
 @dataclasses.dataclass
