@@ -297,6 +297,28 @@ def largest_batches(points: dict[int, float], budgets_gb, complete: bool) -> dic
   return out
 
 
+def measure_into(row: Row, measure, args) -> bool:
+  """measure() -> (peak GiB, FLOPs, seconds, note) into `row`, with the time the card's peak
+  implies at --mfu; False, with row.error set, when it raised."""
+  try:
+    peak, flops, seconds, row.note = measure()
+  except Exception as e:  # pylint: disable=broad-except
+    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if args.verbose:
+      traceback.print_exc()
+    return False
+  row.peak_gib, row.compile_s = peak, round(seconds, 1)
+  if flops:
+    row.tflop = round(flops / 1e12, 4)
+    peak_flops = CARDS.get(row.card, {}).get(row.dtype)
+    if peak_flops:
+      seconds_per_it = flops / (peak_flops * args.mfu)
+      row.ms_at_mfu = round(seconds_per_it * 1e3, 2)
+      if row.part == "train":
+        row.run_hours_at_mfu = round(seconds_per_it * row.num_steps / 3600, 2)
+  return True
+
+
 def run_train(preset, config, card, dtype, remat, args) -> Row:
   from seat_jax import train_step  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
@@ -304,23 +326,14 @@ def run_train(preset, config, card, dtype, remat, args) -> Row:
   batch = int(config.train.batch_size)
   row = Row(preset, card, "train", dtype, remat, batch=batch,
             num_steps=int(config.train.num_steps))
-  try:
+
+  def measure():
     row.sizes = sizes_text(config, train_step.build_trainer(config, devices=gpu_devices(card)))
-    peak, flops, seconds, row.note = compile_train(config, card, batch, flops=True)
-  except Exception as e:  # pylint: disable=broad-except
-    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    if args.verbose:
-      traceback.print_exc()
+    return compile_train(config, card, batch, flops=True)
+
+  if not measure_into(row, measure, args):
     return row
-  row.peak_gib, row.compile_s = peak, round(seconds, 1)
-  if flops:
-    row.tflop = round(flops / 1e12, 4)
-    peak_flops = CARDS.get(card, {}).get(dtype)
-    if peak_flops:
-      seconds_per_it = flops / (peak_flops * args.mfu)
-      row.ms_at_mfu = round(seconds_per_it * 1e3, 2)
-      row.run_hours_at_mfu = round(seconds_per_it * row.num_steps / 3600, 2)
-  points = {batch: peak}
+  points = {batch: row.peak_gib}
   if args.max_batch > batch:
     largest = max(args.budgets) * 1e9 / GIB
     b = batch
@@ -344,19 +357,7 @@ def run_eval(preset, config, card, dtype, args) -> Row:
   config.model.dtype, config.model.remat = dtype, "none"
   row = Row(preset, card, "eval", dtype, "none", batch=1,
             sizes="x".join(map(str, config.data.val.resize_hw)))
-  try:
-    peak, flops, seconds, row.note = compile_eval(config, card)
-  except Exception as e:  # pylint: disable=broad-except
-    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    if args.verbose:
-      traceback.print_exc()
-    return row
-  row.peak_gib, row.compile_s = peak, round(seconds, 1)
-  if flops:
-    row.tflop = round(flops / 1e12, 4)
-    peak_flops = CARDS.get(card, {}).get(dtype)
-    if peak_flops:
-      row.ms_at_mfu = round(flops / (peak_flops * args.mfu) * 1e3, 2)
+  measure_into(row, lambda: compile_eval(config, card), args)
   return row
 
 
