@@ -23,14 +23,14 @@ RUNS = {
     # norms (what Differential treatment adds its losses to).
     "adaptsegnet_single": ("shared", {"adv.mode": "single"}, None),
     "seat_single": ("seat", {"adv.mode": "single"}, None),
-    # Issue 12: Differential treatment and Toldo et al.
+    # Differential treatment and Toldo et al.
     "differential": ("differential", {}, None),
     "differential_seat": ("differential_seat", {}, None),
     "clustering_source": ("clustering_source", {}, None),
     "clustering": ("clustering", {}, "clustering_source"),
     "clustering_seat_source": ("clustering_seat_source", {}, None),
     "clustering_seat": ("clustering_seat", {}, "clustering_seat_source"),
-    # Issue 13: mixing-based self-training.
+    # Mixing-based self-training.
     "dacs": ("dacs", {}, None),
     "dacs_seat_norm_target": ("dacs_seat", {"mix.norm": "target"}, None),
     "dacs_seat_norm_source": ("dacs_seat", {"mix.norm": "source"}, None),
