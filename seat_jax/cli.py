@@ -30,21 +30,33 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
   """
   argv = list(sys.argv if argv is None else argv)
   app.define_help_flags()  # --help, --helpfull (they print usage and exit themselves)
+  saved_argv, sys.argv = sys.argv, argv  # config flags read their overrides from sys.argv
   try:
-    positional = _parse(argv, configs)
-  except errors.UserError as e:
-    report(e)
-    return e.exit_code
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if flags.FLAGS["verbosity"].using_default_value:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  try:
-    return int(main(positional) or 0)
-  except errors.UserError as e:
-    report(e)
-    return e.exit_code
+    try:
+      positional = _parse(argv, configs)
+    except errors.UserError as e:
+      report(e)
+      return e.exit_code
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if flags.FLAGS["verbosity"].using_default_value:
+      logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    try:
+      return int(main(positional) or 0)
+    except errors.UserError as e:
+      report(e)
+      return e.exit_code
   finally:
+    sys.argv = saved_argv
     flags.FLAGS.unparse_flags()
+    _forget_overrides(configs)
+
+
+def _forget_overrides(configs: Sequence[flags.FlagHolder]) -> None:
+  """Removes the `--<config>.<key>` flags a parse defined, so the next in-process run may
+  define them again."""
+  for holder in configs:
+    for name in [n for n in flags.FLAGS if n.startswith(holder.name + ".")]:
+      delattr(flags.FLAGS, name)
 
 
 def report(error: BaseException) -> None:
