@@ -38,6 +38,12 @@ fails with the keys that exist there. The resolved config of a run is written to
 `mode` chooses what `python -m seat_jax.main` does: a part (`train`, `eval`, `pseudo_labels`,
 `entropy_rank`) or a recipe of parts that resumes where it stopped (`pipeline`, `fda_rounds`,
 `intrada`, `adabn`).
+
+Rerunning a training command resumes from the newest complete checkpoint in its `--workdir`,
+exactly (data position included), also after the process was killed (`kill -9`, a preempted
+node), even in the middle of writing a checkpoint. Where a run starts from: a checkpoint in the
+workdir, else `resume`, else `init_from` (the segmenter only), else random initialisation (which
+real-data presets refuse unless `init_from=scratch`).
 """
 
 
