@@ -246,13 +246,15 @@ def test_every_documented_command_runs_on_fake_data(tmp_path):
   error = _error_block(code, printed)
   assert code == 1 and "Step 2 of" in error and "cannot be read" in error
   assert f"Copy {damaged / 'checkpoints' / '2'} again, or use another step." in error
+  assert "Other saved steps: [1]; --config.eval.step=<step> evaluates one" in error
 
 
-# Copies a run's checkpoints and cuts every data file of the model item of step 2 in half (a
-# copy that stopped half-way).
+# Copies a run's checkpoints, adds a readable earlier step (a copy of step 2 as step 1), and
+# cuts every data file of the model item of step 2 in half (a copy that stopped half-way).
 _DAMAGE = """
 import pathlib, shutil
 shutil.copytree("{source}/checkpoints", "{copy}/checkpoints")
+shutil.copytree("{copy}/checkpoints/2", "{copy}/checkpoints/1")
 for f in pathlib.Path("{copy}/checkpoints/2/model").rglob("d/*"):
   f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
 """
