@@ -3,7 +3,8 @@
   python tests/docs_commands_runner.py PLAN.json RESULTS.jsonl
 
 `seat_jax.main`, `prepare_data` and `convert` run in-process through their `main(argv)`, so
-every command shares one process's compiled programs; other commands run as subprocesses. Its own
+every command shares one process's compiled programs; other commands, and entries marked
+`isolated` (whose whole output is checked), run as subprocesses. Its own
 process because `seat_jax.main` and `seat_jax.demo` define the same absl flag (`--workdir`) and
 the test suite imports the demo. One JSON line per command: its exit code, seconds and output.
 Stops at the first command whose exit code is not the one planned.
@@ -31,7 +32,7 @@ def main(plan_path: str, results_path: str) -> int:
     for entry in plan["commands"]:
       words = entry["argv"]
       start = time.perf_counter()
-      if words[:2] == ["python", "-m"] and words[2] in in_process:
+      if words[:2] == ["python", "-m"] and words[2] in in_process and not entry.get("isolated"):
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
           code = in_process[words[2]](words[3:])
