@@ -28,8 +28,8 @@ At the end, the user mistakes that must end in a clean `error:` block are tried 
 folder, each in its own process: a preset name with a typo (every row of the file listed, the
 closest one named) and a damaged checkpoint (its step folder named, with the way out: an earlier
 step, `--config.eval.step`). Evaluating stage 2 with its own config is one of the README's
-commands. Measured: about 2.5 minutes with a warm compile cache and 4.3 minutes with an empty
-one, on 2 cores shared with other test runs (load average about 4).
+commands. Measured on 2 cores shared with other test runs: 2.2-3.4 minutes of CPU time; wall
+time 2.7-3.9 minutes at a load average of about 4 (4.4 with an empty compile cache), 6.6 at 6-7.
 """
 
 import json
