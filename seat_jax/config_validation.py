@@ -104,8 +104,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "(it then starts every preset):\n"
         "      python -m seat_jax.convert --torch=DeepLab_resnet_pretrained_init-f81d91e8.pth "
         "--out=$HOME/weights/deeplab_init\n"
-        "    then add --config.init_from=$HOME/weights/deeplab_init (docs: 'Pretrained "
-        f"weights'); or --config.init_from={SCRATCH} to train from random weights on purpose")
+        "    then add --config.init_from=$HOME/weights/deeplab_init (docs/pretrained-weights.md); "
+        f"or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += methods.problems(config)
   if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:
     problems.append(f"config.data.blur_probability={config.data.blur_probability} must lie in "

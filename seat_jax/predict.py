@@ -6,7 +6,7 @@ segmenter in eval mode with the TARGET norms, except the stages of the layer swi
 bilinear upsampling with align_corners=True. They differ only in what they keep:
 
   labels:     argmax of the main logits upsampled to `out_hw` (evaluation: the label's full
-              resolution; REFERENCE 5);
+              resolution, as the references evaluate);
   confidence: (argmax, max probability) of the main SOFTMAX upsampled to `out_hw` (pseudo-labels
               at the model input size; BDL upsamples the probabilities, not the logits).
 

@@ -1,4 +1,4 @@
-"""Bilinear resize with align_corners=True semantics (SPEC section 1, REFERENCE 1.5).
+"""Bilinear resize with align_corners=True semantics.
 
 `jax.image.resize` uses half-pixel centres (align_corners=False); the reference code upsamples
 logits with align_corners=True, which costs about 1.5 mIoU if missed (AdaptSegNet issue #11).
