@@ -13,7 +13,9 @@ formats (data_builders/*/make_fake_data.py; the Cityscapes train images carry id
 al.'s train list, which the clustering presets read); `/data/tfds` and `/ckpt` are empty
 folders there; `DeepLab_resnet_pretrained_init-f81d91e8.pth` and `resnet101-63fe2227.pth` are
 tiny PyTorch files in the layouts of the DeepLab COCO init (a `layer5` classifier on layer4) and
-of torchvision's ResNet; `configs/` is the repository's.
+of torchvision's ResNet; `configs/` is the repository's. Before the first command that reads
+`demo_workdir/` (the model-use page), a small stand-in of what `make demo` leaves is made: the
+demo's SEAT row trained for two steps, and its target images and clip.
 
 How they run: in order, by one helper process (tests/docs_commands_runner.py) that calls
 `python -m seat_jax.main`, `prepare_data` and `convert` in-process (their `main(argv)`, so the
@@ -197,6 +199,30 @@ def _run_all(entries: list[dict], root: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in results.read_text().splitlines()]
 
 
+DEMO_STAND_IN = "(demo_workdir stand-in)"
+
+
+def _demo_stand_in(root: pathlib.Path) -> list[dict]:
+  """What `make demo` leaves that the model-use commands read (demo_workdir/seat, its target
+  images and clip), made small: synthetic_streets prepared, the demo's SEAT row trained for two
+  steps, the demo's own sample writer."""
+  data_dir = root / "data" / "tfds"  # datasets.md prepared synthetic_streets here: kept
+  train = ("python -m seat_jax.main --config=configs/demo.py --workdir=demo_workdir/seat "
+           f"--config.data.data_dir={data_dir} --config.train.num_steps=2 "
+           "--config.train.lr_horizon_steps=2 --config.train.checkpoint_every=2 "
+           "--config.train.eval_every=0")
+  prepare = ("from seat_jax import datasets\n"
+             "for domain in ('source', 'target'):\n"
+             f"  datasets.prepare('synthetic_streets', {str(data_dir)!r}, builder_config=domain)")
+  samples = ("from seat_jax import demo\n"
+             f"demo.write_target_samples('demo_workdir', {str(data_dir)!r})")
+  return [{"page": DEMO_STAND_IN, "command": "python -c <prepare>",
+           "argv": ["python", "-c", prepare]},
+          {"page": DEMO_STAND_IN, "command": train, "argv": shlex.split(train)},
+          {"page": DEMO_STAND_IN, "command": "python -c <samples>",
+           "argv": ["python", "-c", samples]}]
+
+
 def _error_block(code: int, printed: str) -> str:
   assert code != 0 and "Traceback" not in printed, printed[-3000:]
   return printed[printed.index("error: "):]
@@ -219,6 +245,8 @@ def test_every_documented_command_runs_on_fake_data(tmp_path):
   entries, done = [], set()
   for page, command in all_commands():
     if command not in SKIPPED and command not in done:
+      if "demo_workdir/" in command and not any(e["page"] == DEMO_STAND_IN for e in entries):
+        entries += _demo_stand_in(root)
       done.add(command)
       entries.append({"page": page, "command": command, "argv": _argv(command, root)})
   # The user mistakes that must end in an error block, on the same folder: a preset name with
