@@ -1,14 +1,16 @@
 """The compared methods end to end on synthetic_streets: the tables of benchmarks/RESULTS.md.
 
-Every run is a `configs/demo.py` row (the demo's tiny model, 64x128 images, batch 4, 300 steps)
-trained and then scored on the target validation split at its final step, so the methods compare
-at equal training steps. Runs that start from another run (Toldo et al.'s adaptation stage from
-its source-only stage) name it; they are trained in order.
+Every run is a `configs/demo.py` row (the demo's tiny model, 64x128 images, batch 4, 300 steps),
+run through the same `--config.mode` as a user would (a training run, or a recipe: AdaBN,
+IntraDA's two stages, FDA's rounds) and scored on the target validation split at its final step,
+so the methods compare at equal training steps. Every run starts from the demo's pretrained init
+(`pretrain`, trained first: the stand-in for the DeepLab weights of the paper), except the runs
+that start from another run (Toldo et al.'s adaptation stage from its source-only stage).
 
   python benchmarks/compared_methods.py --workdir=runs/methods [--runs=dacs,dacs_seat]
 
 Prints a markdown table (run, norms, mIoU, wall time) and writes it to <workdir>/results.md.
-A run whose folder already exists resumes (and so is not retrained): delete it to start over.
+A finished run is kept (delete its folder to start over); an interrupted one resumes.
 """
 
 import argparse
@@ -17,20 +19,34 @@ import pathlib
 import sys
 import time
 
-# A run: (configs/demo.py row, config overrides, the run whose final checkpoint it starts from).
+# A run: (configs/demo.py row, config overrides, the run whose final checkpoint it starts from;
+# None: the pretrained init).
 RUNS = {
-    # Baselines at the same budget: AdaptSegNet's single-level adversary without / with SEAT
-    # norms (what Differential treatment adds its losses to).
+    # Source only with shared BN / SEAT norms (the target slots never see a target image), and
+    # AdaBN on each (their statistics re-estimated on the target train split).
+    "source_only": ("shared", {"adv.mode": "none"}, None),
+    "source_only_seat": ("seat", {"adv.mode": "none"}, None),
+    "adabn": ("shared", {"adv.mode": "none", "mode": "adabn"}, None),
+    "adabn_seat": ("seat", {"adv.mode": "none", "mode": "adabn"}, None),
+    # AdaptSegNet's single-level adversary without / with SEAT norms (what Differential
+    # treatment adds its losses to), and the multi-level SEAT of the demo.
     "adaptsegnet_single": ("shared", {"adv.mode": "single"}, None),
     "seat_single": ("seat", {"adv.mode": "single"}, None),
-    # Issue 12: Differential treatment and Toldo et al.
+    "seat": ("seat", {}, None),
+    # IntraDA (stage 1 = ADVENT's entropy adversary, stage 2 easy -> hard) and FDA's rounds
+    # (three betas, their MBT, one self-training round).
+    "intrada": ("intrada", {"mode": "intrada"}, None),
+    "intrada_seat": ("intrada_seat", {"mode": "intrada"}, None),
+    "fda": ("fda_b001", {"mode": "fda_rounds", "fda.rounds": 1}, None),
+    "fda_seat": ("fda_b001_seat", {"mode": "fda_rounds", "fda.rounds": 1}, None),
+    # Differential treatment and Toldo et al.
     "differential": ("differential", {}, None),
     "differential_seat": ("differential_seat", {}, None),
     "clustering_source": ("clustering_source", {}, None),
     "clustering": ("clustering", {}, "clustering_source"),
     "clustering_seat_source": ("clustering_seat_source", {}, None),
     "clustering_seat": ("clustering_seat", {}, "clustering_seat_source"),
-    # Issue 13: mixing-based self-training.
+    # Mixing-based self-training.
     "dacs": ("dacs", {}, None),
     "dacs_seat_norm_target": ("dacs_seat", {"mix.norm": "target"}, None),
     "dacs_seat_norm_source": ("dacs_seat", {"mix.norm": "source"}, None),
@@ -41,24 +57,38 @@ RUNS = {
     "mic_seat": ("mic_seat", {}, None),
     "mic": ("mic", {}, None),
 }
+PRETRAIN = "pretrain"
 
 
-def run(name: str, workdir: pathlib.Path, data_dir: str) -> dict:
-  from seat_jax import presets, train  # pylint: disable=g-import-not-at-top,multiple-imports
+def pretrain(workdir: pathlib.Path, data_dir: str) -> str:
+  """The demo's pretrained init (kept when already trained); returns its folder."""
+  from seat_jax import presets  # pylint: disable=g-import-not-at-top
+  from seat_jax.recipes import parts  # pylint: disable=g-import-not-at-top
+  config = presets.demo_row(PRETRAIN)
+  config.data.data_dir = data_dir
+  config.train.eval_every = 0
+  parts.train_part("Pretraining the init every run starts from", config, workdir / PRETRAIN)
+  return str(workdir / PRETRAIN)
+
+
+def run(name: str, workdir: pathlib.Path, data_dir: str) -> list[dict]:
+  """One entry of RUNS: a result row per score (a recipe scores several models)."""
+  from seat_jax import presets, recipes  # pylint: disable=g-import-not-at-top,multiple-imports
   from seat_jax.recipes import parts  # pylint: disable=g-import-not-at-top
   row, overrides, start_from = RUNS[name]
   config = presets.demo_row(row)
   config.data.data_dir = data_dir
   config.train.eval_every = 0
   config.update_from_flattened_dict(overrides)
-  if start_from:
-    config.init_from = str(workdir / start_from)
+  config.init_from = str(workdir / (start_from or PRETRAIN))
   begin = time.time()
-  train.train_and_evaluate(config, str(workdir / name))
+  result = recipes.run(config, str(workdir / name))
   seconds = time.time() - begin
-  final = parts.final_scores(config, workdir / name, source_stages=())
-  return {"run": name, "norm_mode": config.model.norm_mode, "miou": 100 * final["miou"],
-          "train_seconds": seconds}
+  if config.mode == "train":
+    result = {"": parts.final_scores(config, workdir / name, source_stages=())}
+  return [{"run": f"{name} {sub}".strip(), "norm_mode": config.model.norm_mode,
+           "miou": 100 * scores["miou"], "seconds": seconds}
+          for sub, scores in result.items()]
 
 
 def main(argv: list[str]) -> int:
@@ -66,23 +96,24 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated names of RUNS")
   args = parser.parse_args(argv)
-  workdir = pathlib.Path(args.workdir).absolute()
-  data_dir = str(workdir / "tfds")
-  from seat_jax import datasets  # pylint: disable=g-import-not-at-top
-  for domain in ("source", "target"):
-    datasets.prepare("synthetic_streets", data_dir, builder_config=domain)
   names = [n for n in args.runs.split(",") if n]
   unknown = sorted(set(names) - set(RUNS))
   if unknown:
     parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS)}")
+  workdir = pathlib.Path(args.workdir).absolute()
+  data_dir = str(workdir / "tfds")
+  from seat_jax import datasets  # pylint: disable=g-import-not-at-top
+  for domain in ("source", "target", PRETRAIN):
+    datasets.prepare("synthetic_streets", data_dir, builder_config=domain)
+  pretrain(workdir, data_dir)
   results_file = workdir / "results.json"
   results = json.loads(results_file.read_text()) if results_file.exists() else {}
   for name in names:
     results[name] = run(name, workdir, data_dir)
     results_file.write_text(json.dumps(results, indent=2))
-  lines = ["| run | norms | mIoU (%) | training (s) |", "|---|---|---:|---:|"]
-  lines += [f"| {r['run']} | {r['norm_mode']} | {r['miou']:.1f} | {r['train_seconds']:.0f} |"
-            for r in results.values()]
+  lines = ["| run | norms | mIoU (%) | wall (s) |", "|---|---|---:|---:|"]
+  lines += [f"| {r['run']} | {r['norm_mode']} | {r['miou']:.1f} | {r['seconds']:.0f} |"
+            for rows in results.values() for r in rows]
   table = "\n".join(lines)
   (workdir / "results.md").write_text(table + "\n")
   print(table)

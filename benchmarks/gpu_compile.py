@@ -41,6 +41,7 @@ import traceback
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPECS = pathlib.Path(__file__).resolve().parent / "gpu_specs"
+sys.path.insert(0, str(REPO))  # this checkout's seat_jax, matching the configs read from REPO
 GIB = 1024 ** 3
 
 # Published dense peaks, FLOP/s (no sparsity). float32 uses the TF32 tensor-core rate where the
@@ -206,8 +207,16 @@ def lowered_flops(lowered) -> float | None:
 TRITON_GEMM_OFF = {"xla_gpu_enable_triton_gemm": False}
 
 
+# Set by --triton_gemm=off: compile with TRITON_GEMM_OFF from the start. The isolating parent
+# reruns a job so when XLA:GPU aborted the process inside its Triton GEMM fusion (a CHECK failure,
+# which no `except` can catch).
+TRITON_GEMM_FORCED_OFF = False
+
+
 def compile_lowered(lowered):
   """(compiled, note): compiled with XLA's defaults, else once more with TRITON_GEMM_OFF."""
+  if TRITON_GEMM_FORCED_OFF:
+    return lowered.compile(compiler_options=TRITON_GEMM_OFF), "triton_gemm off (XLA aborted)"
   try:
     return lowered.compile(), ""
   except Exception as e:  # pylint: disable=broad-except
@@ -288,6 +297,28 @@ def largest_batches(points: dict[int, float], budgets_gb, complete: bool) -> dic
   return out
 
 
+def measure_into(row: Row, measure, args) -> bool:
+  """measure() -> (peak GiB, FLOPs, seconds, note) into `row`, with the time the card's peak
+  implies at --mfu; False, with row.error set, when it raised."""
+  try:
+    peak, flops, seconds, row.note = measure()
+  except Exception as e:  # pylint: disable=broad-except
+    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if args.verbose:
+      traceback.print_exc()
+    return False
+  row.peak_gib, row.compile_s = peak, round(seconds, 1)
+  if flops:
+    row.tflop = round(flops / 1e12, 4)
+    peak_flops = CARDS.get(row.card, {}).get(row.dtype)
+    if peak_flops:
+      seconds_per_it = flops / (peak_flops * args.mfu)
+      row.ms_at_mfu = round(seconds_per_it * 1e3, 2)
+      if row.part == "train":
+        row.run_hours_at_mfu = round(seconds_per_it * row.num_steps / 3600, 2)
+  return True
+
+
 def run_train(preset, config, card, dtype, remat, args) -> Row:
   from seat_jax import train_step  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
@@ -295,23 +326,14 @@ def run_train(preset, config, card, dtype, remat, args) -> Row:
   batch = int(config.train.batch_size)
   row = Row(preset, card, "train", dtype, remat, batch=batch,
             num_steps=int(config.train.num_steps))
-  try:
+
+  def measure():
     row.sizes = sizes_text(config, train_step.build_trainer(config, devices=gpu_devices(card)))
-    peak, flops, seconds, row.note = compile_train(config, card, batch, flops=True)
-  except Exception as e:  # pylint: disable=broad-except
-    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    if args.verbose:
-      traceback.print_exc()
+    return compile_train(config, card, batch, flops=True)
+
+  if not measure_into(row, measure, args):
     return row
-  row.peak_gib, row.compile_s = peak, round(seconds, 1)
-  if flops:
-    row.tflop = round(flops / 1e12, 4)
-    peak_flops = CARDS.get(card, {}).get(dtype)
-    if peak_flops:
-      seconds_per_it = flops / (peak_flops * args.mfu)
-      row.ms_at_mfu = round(seconds_per_it * 1e3, 2)
-      row.run_hours_at_mfu = round(seconds_per_it * row.num_steps / 3600, 2)
-  points = {batch: peak}
+  points = {batch: row.peak_gib}
   if args.max_batch > batch:
     largest = max(args.budgets) * 1e9 / GIB
     b = batch
@@ -335,20 +357,44 @@ def run_eval(preset, config, card, dtype, args) -> Row:
   config.model.dtype, config.model.remat = dtype, "none"
   row = Row(preset, card, "eval", dtype, "none", batch=1,
             sizes="x".join(map(str, config.data.val.resize_hw)))
-  try:
-    peak, flops, seconds, row.note = compile_eval(config, card)
-  except Exception as e:  # pylint: disable=broad-except
-    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    if args.verbose:
-      traceback.print_exc()
-    return row
-  row.peak_gib, row.compile_s = peak, round(seconds, 1)
-  if flops:
-    row.tflop = round(flops / 1e12, 4)
-    peak_flops = CARDS.get(card, {}).get(dtype)
-    if peak_flops:
-      row.ms_at_mfu = round(flops / (peak_flops * args.mfu) * 1e3, 2)
+  measure_into(row, lambda: compile_eval(config, card), args)
   return row
+
+
+def child_argv(job, args) -> list[str]:
+  """The command line that runs only `job` (a partial of run_train/run_eval) in a child."""
+  preset, _, card, dtype = job.args[:4]
+  remat = job.args[4] if job.func is run_train else "none"
+  part = "train" if job.func is run_train else "eval"
+  return [sys.executable, str(pathlib.Path(__file__).resolve()), f"--presets={preset}",
+          f"--cards={card}", f"--dtypes={dtype}", f"--remats={remat}", f"--parts={part}",
+          f"--budgets={','.join(map(str, args.budgets))}", f"--max_batch={args.max_batch}",
+          f"--mfu={args.mfu}", *(f"--set={s}" for s in args.set), "--no-isolate",
+          *(["--verbose"] if args.verbose else [])]
+
+
+def run_isolated(job, args) -> Row:
+  """`job` in a child process, so an XLA abort costs one row, not the sweep; after an abort the
+  child is rerun once with Triton GEMMs off."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  preset, _, card, dtype = job.args[:4]
+  remat = job.args[4] if job.func is run_train else "none"
+  part = "train" if job.func is run_train else "eval"
+  failure = ""
+  for extra in ([], ["--triton_gemm=off"]):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = pathlib.Path(tmp) / "row.json"
+      proc = subprocess.run(child_argv(job, args) + extra + [f"--json={out}"],
+                            capture_output=True, text=True, check=False)
+      if out.exists():
+        rows = json.loads(out.read_text())
+        if rows:
+          return Row(**{**rows[0], "fits": {int(k): v for k, v in rows[0]["fits"].items()},
+                        "points": {int(k): v for k, v in rows[0]["points"].items()}})
+    lines = [l for l in proc.stderr.splitlines() if "Check failed" in l or "rror" in l]
+    failure = (lines[-1] if lines else f"exit {proc.returncode}")[:200]
+  return Row(preset, card, part, dtype, remat, error=f"XLA aborted: {failure}")
 
 
 def header(budgets) -> str:
@@ -391,6 +437,11 @@ def main(argv=None) -> int:
   parser.add_argument("--mfu", type=float, default=0.4)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override, e.g. data.source.crop_hw= (no crop); repeatable")
+  parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                      help="compile each program in a child process (an XLA abort then costs "
+                           "one row, and the child is retried with Triton GEMMs off)")
+  parser.add_argument("--triton_gemm", choices=("auto", "off"), default="auto",
+                      help="off: compile with xla_gpu_enable_triton_gemm=false from the start")
   parser.add_argument("--json", default="")
   parser.add_argument("--verbose", action="store_true")
   args = parser.parse_args(argv)
@@ -402,6 +453,8 @@ def main(argv=None) -> int:
     print("gpu_compile.py needs the CUDA plugin (no GPU): pip install -e '.[gpu-compile]'",
           file=sys.stderr)
     return 2
+  global TRITON_GEMM_FORCED_OFF
+  TRITON_GEMM_FORCED_OFF = args.triton_gemm == "off"
   overrides = [parse_override(s) for s in args.set]
   parts = args.parts.split(",")
   print(f"MFU assumed: {args.mfu:.0%}; overrides: {dict(overrides) or 'none'}\n")
@@ -423,7 +476,7 @@ def main(argv=None) -> int:
         if "eval" in parts:
           todo.append(functools.partial(run_eval, preset, config, card, dtype, args))
         for job in todo:
-          rows.append(job())
+          rows.append(run_isolated(job, args) if args.isolate else job())
           print(format_row(rows[-1], args.budgets), flush=True)
           if args.json:
             pathlib.Path(args.json).write_text(

@@ -12,7 +12,7 @@ ranking and its stage 2, configs/gta_stage2.py with the same row).
 The paper's whole pipeline (stage 1, pseudo-labels, stage 2): `--config.mode=pipeline`.
 Differential treatment: `:differential`, `:differential_seat`. Toldo et al.: `:clustering_source`
 then `:clustering` from it (`:clustering_seat_source`, `:clustering_seat` with SEAT norms).
-Mixing-based self-training (docs: "Mixing methods"): `:dacs`, `:daformer_dlv2`,
+Mixing-based self-training (docs/mixing-methods.md): `:dacs`, `:daformer_dlv2`,
 `:mic_dlv2`, each with `_seat` for SEAT norms.
 DAFormer and MIC as published, on SegFormer (MiT-B5, DAFormer's decoder; docs/segformer.md):
 `:daformer`, `:mic`, each with `_seat` for SEAT norms (start from a converted mit_b5).

@@ -30,21 +30,54 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
   """
   argv = list(sys.argv if argv is None else argv)
   app.define_help_flags()  # --help, --helpfull (they print usage and exit themselves)
+  _quiet_closed_event_loop_callbacks()
+  saved_argv, sys.argv = sys.argv, argv  # config flags read their overrides from sys.argv
   try:
-    positional = _parse(argv, configs)
-  except errors.UserError as e:
-    report(e)
-    return e.exit_code
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if flags.FLAGS["verbosity"].using_default_value:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  try:
-    return int(main(positional) or 0)
-  except errors.UserError as e:
-    report(e)
-    return e.exit_code
+    try:
+      positional = _parse(argv, configs)
+    except errors.UserError as e:
+      report(e)
+      return e.exit_code
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if flags.FLAGS["verbosity"].using_default_value:
+      logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    try:
+      return int(main(positional) or 0)
+    except errors.UserError as e:
+      report(e)
+      return e.exit_code
   finally:
+    sys.argv = saved_argv
     flags.FLAGS.unparse_flags()
+    _forget_overrides(configs)
+
+
+def _forget_overrides(configs: Sequence[flags.FlagHolder]) -> None:
+  """Removes the `--<config>.<key>` flags a parse defined, so the next in-process run may
+  define them again."""
+  for holder in configs:
+    for name in [n for n in flags.FLAGS if n.startswith(holder.name + ".")]:
+      delattr(flags.FLAGS, name)
+
+
+def _quiet_closed_event_loop_callbacks() -> None:
+  """Drops one known piece of noise: orbax's tensorstore callbacks that arrive after the event
+  loop of their restore or save closed (a restore stopped by a damaged checkpoint, or threads
+  finishing at exit) raise RuntimeError('Event loop is closed') in a thread, which Python prints
+  as an "Exception ignored" traceback under the command's own `error:` block. Any other
+  unraisable exception is printed as before."""
+  if getattr(sys.unraisablehook, "seat_jax_quiet", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"):
+      return
+    previous(unraisable)
+
+  hook.seat_jax_quiet = True
+  sys.unraisablehook = hook
 
 
 def report(error: BaseException) -> None:

@@ -111,8 +111,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"not reproduce the paper ({why}). Convert the init once (it then starts every "
         "preset of this model):\n"
         f"      python -m seat_jax.convert --torch={init_file} --out=$HOME/weights/{init_dir}\n"
-        f"    then add --config.init_from=$HOME/weights/{init_dir} (docs: 'Pretrained "
-        f"weights'); or --config.init_from={SCRATCH} to train from random weights on purpose")
+        f"    then add --config.init_from=$HOME/weights/{init_dir} (docs/pretrained-weights.md); or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += methods.problems(config)
   problems += _segformer_problems(config)
   if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:

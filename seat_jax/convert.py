@@ -2,7 +2,7 @@
 Flax variables.
 
     python -m seat_jax.convert --torch=FILE.pth --out=DIR
-        [--format=auto|deeplab|torchvision|mit|segformer_hf]
+        [--format=auto|deeplab|torchvision|mit|segformer_hf] [--overwrite]
 
 MiT files: mmsegmentation's `mit_b*.pth` (DAFormer's and MIC's init) or a Hugging Face
 `nvidia/mit-b*` download (its directory, model.safetensors or pytorch_model.bin); see
@@ -26,6 +26,7 @@ PyTorch is needed only here (`pip install -e '.[torch]'`); files are read with
 import dataclasses
 import os
 import re
+import shutil
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -492,6 +493,41 @@ def _config_dict(model_config: Any) -> dict:
 _TORCH = flags.DEFINE_string("torch", None, "The PyTorch .pth file.")
 _OUT = flags.DEFINE_string("out", None, "The orbax checkpoint directory to write.")
 _FORMAT = flags.DEFINE_enum("format", "auto", FORMATS, "The file's layout.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace the converted checkpoint that --out already holds.")
+
+
+def check_output_dir(out: str, overwrite: bool) -> bool:
+  """Whether `out` holds an earlier conversion to replace (only with `overwrite`).
+
+  A new or empty folder is fine. A folder holding one converted checkpoint (step 0 only) is
+  refused unless `overwrite`; any other non-empty folder (a training run, other files) is always
+  refused, so --overwrite can never delete a run.
+  """
+  from seat_jax import checkpointing  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+  path = os.path.abspath(out)
+  if not os.path.exists(path):
+    return False
+  if not os.path.isdir(path):
+    raise errors.UsageError(f"--out={out} is a file, not a folder; choose a new folder.")
+  entries = sorted(os.listdir(path))
+  if not entries:
+    return False
+  step0 = os.path.join(path, "0")
+  items = {e for e in os.listdir(step0) if not e.startswith("_")} if entries == ["0"] and \
+      os.path.isdir(step0) else set()
+  # A conversion is one step of two items; a training run's steps hold more (opt_state, ...).
+  if {checkpointing.MODEL, checkpointing.META} <= items <= {
+      checkpointing.MODEL, checkpointing.META, "commit_success.txt"}:
+    if overwrite:
+      return True
+    raise errors.UsageError(
+        f"--out={out} already holds a converted checkpoint ({os.path.join(path, '0')}).\n"
+        "Add --overwrite to replace it, or choose another --out.")
+  shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+  raise errors.UsageError(
+      f"--out={out} is not empty ({shown}) and is not a converted checkpoint; convert writes a "
+      "new folder. Choose a new or empty --out.")
 
 
 def run(argv: Sequence[str]) -> int:
@@ -502,8 +538,11 @@ def run(argv: Sequence[str]) -> int:
   for flag in (_TORCH, _OUT):
     if not flag.value:
       raise errors.UsageError(f"--{flag.name} is required.")
+  replace = check_output_dir(_OUT.value, _OVERWRITE.value)  # before the slow part
   result = convert_checkpoint(_TORCH.value, None, _FORMAT.value)
   cfg = result.model_config
+  if replace:
+    shutil.rmtree(os.path.join(os.path.abspath(_OUT.value), "0"))
   checkpointing.save_variables(_OUT.value, result.variables,
                                result.metadata(_TORCH.value, cfg, 0))
   num_bn = sum(1 for k in result.converted_keys if k.endswith(".running_mean"))

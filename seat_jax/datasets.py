@@ -3,7 +3,7 @@
 Every other module asks this one: the input pipeline opens prepared splits here, the
 `prepare_data` command builds them here, config validation takes the dataset names from here.
 Builders are TFDS `GeneratorBasedBuilder`s in `data_builders/<name>/`; they are built into
-`array_record` files with neither TensorFlow nor apache-beam (shared/DEPS.md section 3), by
+`array_record` files with neither TensorFlow nor apache-beam, by
 instantiating the builder and calling `download_and_prepare`.
 """
 
@@ -147,7 +147,7 @@ def get_builder(name: str, data_dir: str | None = None, builder_config: str | An
   raise DatasetNotPreparedError(
       f"{desc} is not prepared in data_dir {builder.data_dir_root}. Build it with:\n"
       f"  {prepare_command(name, config_name, builder.data_dir_root)}\n"
-      f"where --manual_dir is {get(name).manual_dir_hint} (README, 'Preparing the datasets')."
+      f"where --manual_dir is {get(name).manual_dir_hint} (docs/datasets.md)."
       + _older_layout_hint(builder, name, config_name))
 
 

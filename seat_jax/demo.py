@@ -14,9 +14,14 @@ from SEAT with the layer switch, evaluated with it too, as in the paper's pipeli
 with SEAT norms (mixing-based self-training with an EMA teacher, the best mixing variant on this
 shift; benchmarks/RESULTS.md), and prints one table of target validation IoU, the pretrained
 init's own score first. Everything lands in --workdir; a rerun keeps every finished part
-(`seat_jax.recipes.parts`) and resumes a training that stopped half-way.
+(`seat_jax.recipes.parts`) and resumes a training that stopped half-way. Last, it copies a few
+target validation images to <workdir>/target_images (and, with PyAV installed, a short clip of
+them to <workdir>/target_clip.mp4) and prints the `python -m seat_jax.segment` command that
+segments them with the SEAT model (docs: "Use a trained model").
 """
 
+import os
+import shlex
 import sys
 
 from absl import flags
@@ -62,6 +67,63 @@ def run_config(row: str, data_dir: str, steps: int | None, size: str,
       split.resize_hw = hw
     config.data.source.crop_hw = hw
   return config
+
+
+# What the demo's last step hands to `python -m seat_jax.segment`.
+SAMPLE_IMAGES_DIR = "target_images"
+SAMPLE_CLIP = "target_clip.mp4"
+NUM_SAMPLE_IMAGES = 4
+CLIP_FRAMES = 8
+
+
+def write_target_samples(workdir, data_dir: str, count: int = NUM_SAMPLE_IMAGES) -> list[str]:
+  """Copies the first `count` target validation images to <workdir>/target_images/<id>.png and,
+  when PyAV is installed, the first CLIP_FRAMES of them as a 4 frames/s H.264 clip to
+  <workdir>/target_clip.mp4 (the documentation's video example). Returns the files written."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from seat_jax import datasets, presets, predict  # pylint: disable=g-import-not-at-top,multiple-imports
+  from seat_jax import errors, segment  # pylint: disable=g-import-not-at-top,multiple-imports
+  val = presets.demo_row("seat").data.val
+  source = datasets.open_data_source(val, data_dir)
+  folder = os.path.join(os.fspath(workdir), SAMPLE_IMAGES_DIR)
+  os.makedirs(folder, exist_ok=True)
+  images, written = [], []
+  for index in range(min(max(count, CLIP_FRAMES), len(source))):
+    example = source[index]
+    images.append(np.asarray(example["image"], np.uint8))
+    if index < count:
+      path = os.path.join(folder, f"{predict.example_id(example, index)}.png")
+      Image.fromarray(images[-1]).save(path)
+      written.append(path)
+  try:
+    segment.import_av()
+  except errors.UsageError:
+    return written  # no PyAV: images only
+  clip = segment.VideoWriter(os.path.join(os.fspath(workdir), SAMPLE_CLIP), 4, images[0].shape[:2])
+  for image in images[:CLIP_FRAMES]:
+    clip.write(image)
+  clip.close()
+  return written + [os.path.join(os.fspath(workdir), SAMPLE_CLIP)]
+
+
+def segment_command(workdir, size: str = "") -> str:
+  """The command that segments the demo's target images with its SEAT model.
+
+  configs/demo.py by its path relative to the working directory when the demo runs from the
+  repository (as `make demo` does), else by its absolute path next to the package.
+  """
+  config = os.path.join("configs", "demo.py")
+  if not os.path.isfile(config):
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config)
+  workdir = os.fspath(workdir)
+  parts = ["python", "-m", "seat_jax.segment", f"--config={config}",
+           f"--checkpoint={os.path.join(workdir, 'seat')}"]
+  if size:  # the model was trained at this size instead of the preset's
+    parts.append(f"--scale={size.lower().split('x')[1]}")
+  parts += [f"--out={os.path.join(workdir, 'segmented')}",
+            os.path.join(workdir, SAMPLE_IMAGES_DIR)]
+  return " ".join(shlex.quote(p) for p in parts)
 
 
 def results_table(results: dict[str, dict]) -> str:
@@ -151,6 +213,10 @@ def run_demo(workdir, steps: int | None = None, size: str = "",
   print(table)
   print(f"Table: {workdir / 'results.md'}; panels (input | ground truth | prediction): "
         f"{workdir}/<run>/eval/eval_step_*/panels/")
+  write_target_samples(workdir, data_dir)
+  print(f"\nSegment your own images or videos with a trained model (docs/use-a-model.md); the "
+        f"SEAT model on {NUM_SAMPLE_IMAGES} of the target images in "
+        f"{workdir / SAMPLE_IMAGES_DIR}:\n  {segment_command(workdir, size)}")
   return results
 
 

@@ -1,8 +1,8 @@
 """Eval mode: score checkpoints on the target validation split and name the final and best step.
 
-The protocol is the reference one (SPEC section 6, REFERENCE 5): the image goes in at model size,
-the main head's logits are upsampled (align_corners=True) to the label's FULL resolution
-(`predict`), and one confusion matrix is summed over the whole split (`metrics`).
+The protocol is the references' (AdaptSegNet's `evaluate_cityscapes.py`): the image goes in at
+model size, the main head's logits are upsampled (align_corners=True) to the label's FULL
+resolution (`predict`), and one confusion matrix is summed over the whole split (`metrics`).
 
 `evaluate` scores one set of variables (also the periodic evaluation of training);
 `evaluate_checkpoints` is eval mode: it restores only the model item of each checkpoint and

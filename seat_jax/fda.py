@@ -1,10 +1,9 @@
 """Fourier Domain Adaptation (FDA): give a source image the low-frequency amplitude of a target.
 
-Yang & Soatto, "FDA: Fourier Domain Adaptation for Semantic Segmentation" (CVPR 2020); see
-REFERENCE section 7.1. The amplitude spectrum near DC carries the global "style" of an image
-(colour balance, illumination, contrast); the phase carries its structure. Swapping the former
-makes a synthetic image look like a real one without touching where things are, so its labels
-stay valid.
+Yang & Soatto, "FDA: Fourier Domain Adaptation for Semantic Segmentation" (CVPR 2020). The
+amplitude spectrum near DC carries the global "style" of an image (colour balance, illumination,
+contrast); the phase carries its structure. Swapping the former makes a synthetic image look like
+a real one without touching where things are, so its labels stay valid.
 
 Variant: this is the *centred-window* variant (the reference's numpy `FDA_source_to_target_np`):
 every frequency (ky, kx) with |ky| <= b and |kx| <= b, b = floor(min(H, W) * beta), takes the

@@ -30,9 +30,9 @@ and IntraDA's stage 2 trains on an easy list of target images with pseudo-labels
 Evaluation (`create_eval_iterator`): a finite stream of single examples in the data source's
 order, the image at model size, the label at full resolution.
 
-Preprocessing follows the references (REFERENCE 3.3): PIL bicubic for images (it antialiases
-when shrinking), nearest for labels, RGB -> BGR, subtract the Caffe mean, no std division, because
-the pretrained DeepLab weights expect exactly that.
+Preprocessing follows the references (AdaptSegNet's and ADVENT's datasets): PIL bicubic for
+images (it antialiases when shrinking), nearest for labels, RGB -> BGR, subtract the Caffe mean,
+no std division, because the pretrained DeepLab weights expect exactly that.
 
 `TrainingBatches` merges the two domain streams into the global batch of the train step: it
 owns the batch key names, the sharding over the mesh's `data` axis and the streams' positions
@@ -381,7 +381,7 @@ def domain_seeds(seed: int, domain: str) -> tuple[int, int]:
 
 def _ensure_absl_flags_parsed() -> None:
   # Grain's worker processes read absl flags; outside `absl.app.run` nothing has parsed them
-  # (DEPS section 4). Marking them parsed keeps every flag at its default.
+  # (reading an unparsed flag raises). Marking them parsed keeps every flag at its default.
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

@@ -1,6 +1,6 @@
 """Class tables and id mappings: the single source of truth for every label space.
 
-Numbers follow REFERENCE section 4.1 (AdaptSegNet `info.json`, cityscapesScripts `labels.py`,
+Numbers follow the references (AdaptSegNet `info.json`, cityscapesScripts `labels.py`,
 DADA `synthia.py`). All lookup tables (LUTs) are read-only uint8 arrays of length 256 indexed by
 the raw id, so mapping a label image is one fancy-indexing step: `LUT[raw_ids]`.
 """
@@ -41,7 +41,7 @@ SYNTHIA_RAW_IDS = {
     "train": 20, "wall": 21, "lanemarking": 22,
 }
 
-# The 16-class protocol (REFERENCE 4.2 (a)): the 19 classes minus terrain, truck and train.
+# The 16-class protocol (ADVENT/DADA's SYNTHIA): the 19 classes minus terrain, truck and train.
 _NOT_IN_SYNTHIA16 = ("terrain", "truck", "train")
 SYNTHIA16_CLASSES = tuple(c for c in CITYSCAPES_CLASSES if c not in _NOT_IN_SYNTHIA16)
 _TRAIN19_OF_16 = tuple(CITYSCAPES_CLASSES.index(c) for c in SYNTHIA16_CLASSES)

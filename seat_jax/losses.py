@@ -1,4 +1,4 @@
-"""Losses of the adversarial step (REFERENCE sections 3, 7.2), all computed in float32."""
+"""Losses of the adversarial step (AdaptSegNet's and ADVENT's), all computed in float32."""
 
 import jax
 import jax.numpy as jnp

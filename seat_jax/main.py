@@ -58,7 +58,7 @@ def _start_distributed(jax) -> None:
     raise errors.UsageError(
         f"cannot start the multi-process run: {e}\nOutside SLURM / Open MPI, give every process "
         "--coordinator_address=HOST:PORT (process 0's machine), --num_processes=N and its own "
-        "--process_id=0..N-1 (README, 'Multi-GPU and multi-host').") from None
+        "--process_id=0..N-1 (docs/multi-host.md).") from None
 
 
 def run(argv: list[str]) -> int:
@@ -83,5 +83,11 @@ def run(argv: list[str]) -> int:
   return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+  """The command; `argv` without the program name (default sys.argv[1:]). Returns the exit code."""
+  argv = sys.argv[1:] if argv is None else argv
+  return cli.run(run, ["main", *argv], configs=[_CONFIG])
+
+
 if __name__ == "__main__":
-  sys.exit(cli.run(run, configs=[_CONFIG]))
+  sys.exit(main())

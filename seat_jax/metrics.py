@@ -1,8 +1,8 @@
 """Segmentation scores: the confusion matrix of a split, IoU per class, mIoU19/16/13.
 
-The protocol is the reference one (REFERENCE 5): one confusion matrix summed over every pixel of
-the split before IoU is computed (never averaged per image); mIoU is the nanmean over classes,
-so a class absent from both ground truth and prediction does not count.
+The protocol is the references' (AdaptSegNet's `compute_iou.py`): one confusion matrix summed
+over every pixel of the split before IoU is computed (never averaged per image); mIoU is the
+nanmean over classes, so a class absent from both ground truth and prediction does not count.
 """
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Optimisers of the paper (SPEC section 4) from optax pieces.
+"""Optimisers of the paper (its section 4.3) from optax pieces.
 
 Segmenter: SGD with momentum and coupled weight decay (PyTorch's `weight_decay`), poly decay of the
 learning rate, and three parameter groups chosen by regexes over the parameter path
@@ -6,7 +6,8 @@ learning rate, and three parameter groups chosen by regexes over the parameter p
 Discriminator: Adam with the same poly decay.
 
 `optim.reference_duplicate_updates` reproduces the reference optimiser's repeated listing of
-backbone weights (REFERENCE 1.6); see `listing_multiplicity` and `duplicate_listing_sgd`.
+backbone weights (docs/reproducing-seat.md, the duplicate updates); see `listing_multiplicity`
+and `duplicate_listing_sgd`.
 """
 
 import re
@@ -129,8 +130,9 @@ def duplicate_listing_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float
   """torch.optim.SGD (coupled decay, momentum, no Nesterov) on a tensor listed k times in a group.
 
   Why: the references' 1x group lists backbone tensors 3-4 times and SGD updates once per
-  listing, so their backbone trains at a larger effective rate (REFERENCE 1.6). Measured on
-  torch 2.13 (CPU single-tensor SGD), one `step()` with the same gradient g for all listings:
+  listing, so their backbone trains at a larger effective rate (docs/reproducing-seat.md).
+  Measured on torch 2.13 (CPU single-tensor SGD), one `step()` with the same gradient g for all
+  listings:
     - for j in 1..k: d = g + wd * p (p already moved by listings < j); p -= lr * buf, where
       buf = m * buf + d on later steps: the listings share one buffer (`state[p]`), advanced k
       times per step;

@@ -112,3 +112,52 @@ def batches_after_checkpoint(config, sharding, skip: int, take: int):
     next(batches)
   state = json.loads(json.dumps(batches.get_state()))
   return state, [next(batches) for _ in range(take)]
+
+
+def demo_checkpoint(workdir, seed: int = 0, step: int = 3, head_kernel_scale: float = 1.0,
+                    **model_overrides):
+  """A run's workdir holding the demo model (configs/demo.py, with `model_overrides`) with
+  random variables at `step` (`random_variables`), saved as training saves it: (config,
+  variables). Nothing is compiled."""
+  from seat_jax import checkpointing, models  # pylint: disable=g-import-not-at-top,multiple-imports
+  config = presets.demo("seat")
+  config.model.update(model_overrides)
+  variables = random_variables(models.build_segmenter(config.model), seed,
+                               head_kernel_scale=head_kernel_scale)
+  checkpointing.save_variables(f"{workdir}/checkpoints", variables, {}, step=step)
+  return config, variables
+
+
+def write_video(path, frames, rate: int = 5) -> None:
+  """uint8 RGB frames [H, W, 3] (even sizes) as an H.264 file through PyAV."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("libx264", rate=rate)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = "yuv420p"
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def read_video(path) -> list:
+  """Every frame of the file's first video stream as uint8 RGB [H, W, 3]."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(str(path)) as container:
+    return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def suite_env():
+  """The environment for a command in a subprocess: this checkout first on the path and the
+  suite's compile settings (tests/conftest.py), so it shares the suite's XLA cache."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+             JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", TF_CPP_MIN_LOG_LEVEL="3")
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+  return env

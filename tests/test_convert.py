@@ -308,6 +308,30 @@ def test_cli_reports_error_without_traceback(tmp_path, capsys):
   assert not (tmp_path / "out").exists()
 
 
+def test_cli_rerun_into_its_output_is_refused_unless_overwrite(tmp_path, tiny_state, capsys):
+  """A second conversion into the same --out ends in an error block naming the folder and
+  --overwrite (orbax would raise StepAlreadyExistsError); --overwrite replaces the conversion;
+  a folder that is not a conversion is never replaced."""
+  pth = save_pth(tmp_path / "init.pth", {k: torch.from_numpy(v) for k, v in tiny_state.items()})
+  out = tmp_path / "init_coco"
+  assert convert.main([f"--torch={pth}", f"--out={out}"]) == 0
+  capsys.readouterr()
+  assert convert.main([f"--torch={pth}", f"--out={out}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: --out={out} already holds a converted checkpoint ({out}/0).")
+  assert "--overwrite" in err and "Traceback" not in err
+  before = (out / "0" / "meta").stat().st_mtime_ns
+  assert convert.main([f"--torch={pth}", f"--out={out}", "--overwrite"]) == 0
+  assert (out / "0" / "meta").stat().st_mtime_ns != before
+  assert checkpointing.list_steps(out) == [0]
+  capsys.readouterr()
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "notes.txt").write_text("mine")
+  assert convert.main([f"--torch={pth}", f"--out={tmp_path / 'other'}", "--overwrite"]) == 2
+  assert "is not empty (notes.txt) and is not a converted checkpoint" in capsys.readouterr().err
+  assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
 def test_torch_key_mapping_follows_contract():
   cases = {
       ("conv1", "kernel"): "conv1.weight",

@@ -2,11 +2,18 @@
 
 import json
 import math
+import pathlib
 import re
+import shlex
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
+
+import helpers
 
 from seat_jax import checkpointing
 from seat_jax import demo
@@ -87,3 +94,23 @@ def test_a_rerun_keeps_every_finished_part(toy_demo, monkeypatch):
   monkeypatch.setattr(evaluate, "evaluate_checkpoints", refuse)
   again = demo.run_demo(workdir, steps=2, size="32x64", batch_size=2)
   assert {k: v["miou"] for k, v in again.items()} == {k: v["miou"] for k, v in results.items()}
+
+
+def test_the_demo_ends_with_a_segment_command_that_works(toy_demo):
+  """The printed command, run as printed: the SEAT model on the demo's own target images."""
+  workdir, _, out = toy_demo
+  lines = [line.strip() for line in out.splitlines()
+           if line.strip().startswith("python -m seat_jax.segment")]
+  assert len(lines) == 1 and out.rstrip().endswith(lines[0])
+  args = shlex.split(lines[0])
+  assert f"--checkpoint={workdir / 'seat'}" in args and "--scale=64" in args  # trained at 32x64
+  result = subprocess.run([sys.executable, *args[1:]], env=helpers.suite_env(),
+                          cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  images = sorted((workdir / demo.SAMPLE_IMAGES_DIR).glob("*.png"))
+  assert len(images) == demo.NUM_SAMPLE_IMAGES and (workdir / demo.SAMPLE_CLIP).is_file()
+  assert f"Segmented {len(images)} images" in result.stdout
+  for image in images:
+    overlay = Image.open(workdir / "segmented" / f"{image.stem}_overlay.png")
+    assert overlay.size == Image.open(image).size

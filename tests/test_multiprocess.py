@@ -1,4 +1,4 @@
-"""Two processes, one run: README's launch commands on loopback, checked against one process.
+"""Two processes, one run: the docs' launch commands on loopback, checked against one process.
 
 The two `python -m seat_jax.main` processes (one CPU device each, jax.distributed with gloo)
 train, checkpoint, and are launched again to resume. Each process reads its own slice of the
@@ -41,15 +41,14 @@ def _tiny(data_dir, num_steps, **extra):
   return [f"--config.{key}={value}" for key, value in flags.items()]
 
 
-def readme_launch_commands() -> list[list[str]]:
-  """The launch commands of README's multi-host section, process 0 first."""
-  readme = (REPO / "README.md").read_text()
-  section = readme.split("\n## Multi-GPU and multi-host\n")[1].split("\n## ")[0]
-  script = "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.S)).replace("\\\n", " ")
+def docs_launch_commands() -> list[list[str]]:
+  """The launch commands of docs/multi-host.md, process 0 first."""
+  page = (REPO / "docs" / "multi-host.md").read_text()
+  script = "\n".join(re.findall(r"```bash\n(.*?)```", page, flags=re.S)).replace("\\\n", " ")
   commands = [shlex.split(line.strip().rstrip("&")) for line in script.splitlines()
               if line.startswith("python -m seat_jax.main") and "--process_id=" in line]
   assert [c for c in commands if "--process_id=0" in c] == commands[:1] and len(commands) == 2, (
-      f"README's multi-host section should give the two launch commands, got {commands}")
+      f"docs/multi-host.md should give the two launch commands, got {commands}")
   return commands
 
 
@@ -95,10 +94,10 @@ def _wait_all(procs: dict[str, tuple[subprocess.Popen, pathlib.Path]]) -> dict[s
 
 
 def _launch_two(workdir, overrides, tmp_path, tag):
-  """README's two commands with this test's workdir, a free port and `overrides` appended."""
+  """The docs' two commands with this test's workdir, a free port and `overrides` appended."""
   port = _free_port()
   procs = {}
-  for index, command in enumerate(readme_launch_commands()):
+  for index, command in enumerate(docs_launch_commands()):
     args = [re.sub(r"^--workdir=.*", f"--workdir={workdir}", a) for a in command[1:]]
     args = [re.sub(r"^(--coordinator_address=.*):\d+$", rf"\g<1>:{port}", a) for a in args]
     log = tmp_path / f"{tag}_{index}.log"
@@ -133,7 +132,7 @@ def _assert_same_checkpoint(workdir, reference, step):
 def test_two_processes_train_checkpoint_and_resume_like_one_process(synthetic_data_dir,
                                                                       tmp_path):
   two, reference = tmp_path / "two_processes", tmp_path / "reference"
-  command = readme_launch_commands()[0]
+  command = docs_launch_commands()[0]
   main_flags = [a for a in command[3:] if a.startswith("--config=")]
   # The reference (4 steps at once) runs alongside the two processes' first launch (2 steps).
   ref_args = [str(REPO / "tests" / "main_as_hosts.py"), "2", *main_flags,

@@ -177,8 +177,10 @@ def test_gta_rows_follow_the_paper(row):
 
 SYNTHIA_ROWS = {
     "aa": dict(norm="shared", affine=False, adv="single", aux_ce=0.0, source="original", ls=()),
-    "seat": dict(norm="seat", affine=True, adv="single", aux_ce=0.0, source="original", ls=()),
-    "mul": dict(norm="seat", affine=True, adv="multi_level_sum", aux_ce=0.1, source="original", ls=(4,)),
+    "it": dict(norm="shared", affine=False, adv="single", aux_ce=0.0, source="translated", ls=()),
+    "seat": dict(norm="seat", affine=True, adv="single", aux_ce=0.0, source="translated", ls=()),
+    "mul": dict(norm="seat", affine=True, adv="multi_level_sum", aux_ce=0.1, source="translated",
+                ls=(4,)),
 }
 
 

@@ -29,6 +29,11 @@ def test_ci_runs_the_readme_test_command():
   assert re.search(r"^make test$", (REPO / ".ci" / "run").read_text(), flags=re.M)
 
 
+def test_readme_stays_short():
+  """The README gives the essentials; everything else lives in docs/."""
+  assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
 def test_make_demo_runs_the_demo_module():
   makefile = (REPO / "Makefile").read_text()
   demo_recipe = makefile.split("\ndemo:")[1].split("\n\n")[0]

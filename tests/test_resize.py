@@ -64,3 +64,21 @@ def test_bad_input_is_explained():
     resize_bilinear(jnp.ones((5, 6, 2)), (3, 3))
   with pytest.raises(ValueError, match="positive"):
     resize_bilinear(jnp.ones((1, 5, 6, 2)), (0, 3))
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((9, 17), (65, 129)), ((40, 30), (13, 7)),
+                                           ((5, 6), (1, 1))])
+def test_symbolic_sizes_give_the_static_weights(in_hw, out_hw):
+  """Under jax.export with symbolic height and width (seat_jax.export), the weights are built on
+  the device; they equal the host-built ones."""
+  from jax import export  # pylint: disable=g-import-not-at-top
+  from seat_jax.models import resize  # pylint: disable=g-import-not-at-top
+  for i, o in zip(in_hw, out_hw):
+    np.testing.assert_array_equal(resize.symbolic_interpolation_matrix(i, o),
+                                  resize.interpolation_matrix(i, o))
+  h, w, oh, ow = export.symbolic_shape("h, w, oh, ow")
+  exported = export.export(jax.jit(lambda x, o: resize_bilinear(x, o.shape)))(
+      jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((oh, ow), jnp.int8))
+  x = np.random.default_rng(4).normal(size=(2, *in_hw, 3)).astype(np.float32)
+  got = exported.call(x, np.zeros(out_hw, np.int8))
+  np.testing.assert_allclose(got, resize_bilinear(jnp.asarray(x), out_hw), rtol=1e-6, atol=1e-6)

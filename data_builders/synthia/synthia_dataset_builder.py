@@ -8,7 +8,7 @@ and once for the low byte of every sample, and joins them: exact 16-bit values a
 no extra dependency.
 
 Raw ids are mapped with `seat_jax.labels.SYNTHIA_RAW_TO_TRAIN16` to the 16 classes of the
-ADVENT/DADA protocol (REFERENCE 4.2 (a)); lanemarking (22), void, parking-slot, road-work and
+ADVENT/DADA protocol; lanemarking (22), void, parking-slot, road-work and
 terrain/truck/train become 255. A label that is not a 16-bit multi-channel PNG (for example one
 of the 8-bit "parsed" or "mapped to Cityscapes" copies that other repos distribute) is refused:
 its values would be other ids.

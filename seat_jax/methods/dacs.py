@@ -392,8 +392,8 @@ class Mixing(base.Method):
     mix.jitter_strength = 0.2  # colour jitter's strength (DACS 0.25, DAFormer/MIC 0.2)
     # DAFormer's pseudo-label crop: no weight on the top / bottom rows of the target crop (the
     # ego car's hood, the image border; DAFormer on GTA5: 15 / 120). 0 = none (DACS).
-    mix.pseudo_ignore_top = 0
-    mix.pseudo_ignore_bottom = 0
+    mix.pseudo_ignore_top = 0  # rows at the top of the target crop without pseudo-label weight
+    mix.pseudo_ignore_bottom = 0  # rows at the bottom without pseudo-label weight
     mix.weight = 1.0  # CE weight of the mixed image
     mix.mic_weight = 0.0  # MIC: CE of the masked target image (MIC: 1.0); 0 = off
     mix.mic_block = 64  # MIC's masked patches: block size in pixels

@@ -1,4 +1,4 @@
-"""DeepLab-V2 / ResNet-101 multi-level segmenter with SEAT norms (SPEC section 1, REFERENCE 1).
+"""DeepLab-V2 / ResNet-101 multi-level segmenter with SEAT norms.
 
 Layout follows AdaptSegNet's `deeplab_multi.py` exactly, so its PyTorch checkpoints map 1:1:
 Caffe-style stride on the first 1x1 conv of a block, ceil-mode 3x3/2 max-pool, dilation 2 in
@@ -8,7 +8,7 @@ layer3, `main_head` on layer4. `aspp_branches=2` sums only the first two branche
 (AdaptSegNet's early-return bug) while all four exist as parameters.
 
 Parameters are float32; `dtype` sets the compute precision; logits are float32. 1x1 convs are
-dots over channels (DEPS section 5: XLA:CPU runs them 2-4x faster than a 1x1 convolution).
+dots over channels (XLA:CPU runs them 2-4x faster than a 1x1 convolution, measured with jax 0.10).
 """
 
 import functools
@@ -29,10 +29,10 @@ STAGE_DILATIONS = (1, 1, 2, 4)
 NUM_STAGES = 5  # 0 = stem (conv1/bn1), 1..4 = layer1..layer4; indices of `source_stages`
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Summed head branches: 4 = all (ADVENT, BDL, FDA); 2 = AdaptSegNet's early-return bug, which its
-# released checkpoints need (REFERENCE 1.1).
+# released checkpoints need.
 ASPP_BRANCHES = (2, 4)
 # Rematerialisation: "blocks" keeps only each bottleneck's input for the backward pass and
-# recomputes the rest (memory for compute; README "Memory").
+# recomputes the rest (memory for compute; docs/benchmarks.md).
 REMAT_CHOICES = ("none", "blocks")
 HEAD_NAMES = ("aux_head", "main_head")
 BOTTLENECK_EXPANSION = 4  # a bottleneck's output has 4x its planes
@@ -42,7 +42,7 @@ def layer4_channels(base_width: int) -> int:
   """Channels of layer4's output (2048 for ResNet-101): the feature-space losses' vectors."""
   return base_width * 2**3 * BOTTLENECK_EXPANSION
 
-conv_kernel_init = nn.initializers.normal(stddev=0.01)  # REFERENCE 1.2
+conv_kernel_init = nn.initializers.normal(stddev=0.01)  # AdaptSegNet's conv init
 
 
 def _uniform(bound: float) -> Callable:
@@ -95,7 +95,7 @@ class Conv2D(nn.Module):
 
 
 def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
-  """PyTorch MaxPool2d(3, stride=2, padding=1, ceil_mode=True) on NHWC (REFERENCE 1.4).
+  """PyTorch MaxPool2d(3, stride=2, padding=1, ceil_mode=True) on NHWC (AdaptSegNet's stem).
 
   Pads with -inf: 1 low and 1 + extra high, where extra makes room for the ceil-mode window;
   like PyTorch, a last window that would start inside the right padding is dropped.
@@ -328,10 +328,10 @@ def build_segmenter(model_config: Any) -> DeepLabV2:
 
 
 def count_conv_params(params: Any, aspp_branches: int | None = None) -> int:
-  """Conv kernels + head biases (REFERENCE 1.7's "conv params"; BN affines excluded).
+  """Conv kernels + head biases (the "conv params" AdaptSegNet counts; BN affines excluded).
 
   Works on arrays or `jax.ShapeDtypeStruct`s. With `aspp_branches`, only the head branches
-  that are summed count (REFERENCE's 43.45 M for the 2-branch model).
+  that are summed count (43.45 M for AdaptSegNet's 2-branch model).
   """
   total = 0
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:

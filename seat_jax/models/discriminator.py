@@ -1,4 +1,4 @@
-"""AdaptSegNet's fully-convolutional discriminator (REFERENCE 2.1, SPEC section 3).
+"""AdaptSegNet's fully-convolutional discriminator.
 
 Five 4x4 stride-2 convs (width, 2w, 4w, 8w, 1) with bias and LeakyReLU(0.2) between them; no
 normalisation; raw logits out (a patch map of about 1/32 of the input). PyTorch's default

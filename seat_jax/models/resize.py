@@ -1,16 +1,17 @@
-"""Bilinear resize with PyTorch's align_corners=True or False semantics (SPEC section 1,
-REFERENCE 1.5).
+"""Bilinear resize with PyTorch's align_corners=True or False semantics.
 
 The DeepLab references upsample logits with align_corners=True, which costs about 1.5 mIoU if
 missed (AdaptSegNet issue #11); mmsegmentation (DAFormer, MIC, SegFormer) uses half-pixel
 centres (align_corners=False) without antialiasing, which `jax.image.resize` does not promise
 for downsampling. Bilinear interpolation is separable, so the resize is two small matrix
 products with constant interpolation matrices built on the host: cheap, differentiable and fine
-under `jit`.
+under `jit`. Under `jax.export` with symbolic sizes (seat_jax.export: any image height and
+width) the same weights are computed on the device instead, with the same float32 arithmetic.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -44,14 +45,48 @@ def interpolation_matrix(in_size: int, out_size: int, align_corners: bool = True
   return matrix.astype(np.float32)
 
 
-def _resize_height(x: jnp.ndarray, out_h: int, align_corners: bool) -> jnp.ndarray:
-  matrix = jnp.asarray(interpolation_matrix(x.shape[1], out_h, align_corners))
-  return jnp.einsum("oh,nhwc->nowc", matrix, x, precision=lax.Precision.HIGHEST)
+def _is_symbolic(size: Any) -> bool:
+  return jax.export.is_symbolic_dim(size)
 
 
-def _resize_width(x: jnp.ndarray, out_w: int, align_corners: bool) -> jnp.ndarray:
-  matrix = jnp.asarray(interpolation_matrix(x.shape[2], out_w, align_corners))
-  return jnp.einsum("ow,nhwc->nhoc", matrix, x, precision=lax.Precision.HIGHEST)
+def symbolic_interpolation_matrix(in_size: Any, out_size: Any,
+                                  align_corners: bool = True) -> jnp.ndarray:
+  """`interpolation_matrix` for sizes known only at run time (jax.export symbolic dimensions).
+
+  The same float32 positions and fractions, so the weights equal the host-built ones; each
+  row's two weights land on their columns through comparisons with an iota instead of a scatter.
+  """
+  in_f = jnp.asarray(in_size, jnp.float32)
+  out_f = jnp.asarray(out_size, jnp.float32)
+  index = lax.iota(jnp.float32, out_size)
+  if align_corners:
+    scale = jnp.where(out_f > 1, (in_f - 1) / jnp.maximum(out_f - 1, 1), jnp.float32(0))
+    positions = scale * index
+  else:
+    positions = jnp.maximum((in_f / out_f) * (index + 0.5) - 0.5, 0.0)
+  last = jnp.asarray(in_size, jnp.int32) - 1
+  low = jnp.clip(jnp.floor(positions).astype(jnp.int32), 0, last)
+  high = jnp.minimum(low + 1, last)
+  frac = jnp.clip(positions - low.astype(jnp.float32), 0.0, 1.0)
+  columns = lax.iota(jnp.int32, in_size)[None, :]
+  return (jnp.where(columns == low[:, None], 1.0 - frac[:, None], 0.0)
+          + jnp.where(columns == high[:, None], frac[:, None], 0.0)).astype(jnp.float32)
+
+
+def _matrix(in_size: Any, out_size: Any, align_corners: bool) -> jnp.ndarray:
+  if _is_symbolic(in_size) or _is_symbolic(out_size):
+    return symbolic_interpolation_matrix(in_size, out_size, align_corners)
+  return jnp.asarray(interpolation_matrix(in_size, out_size, align_corners))
+
+
+def _resize_height(x: jnp.ndarray, out_h: Any, align_corners: bool) -> jnp.ndarray:
+  return jnp.einsum("oh,nhwc->nowc", _matrix(x.shape[1], out_h, align_corners), x,
+                    precision=lax.Precision.HIGHEST)
+
+
+def _resize_width(x: jnp.ndarray, out_w: Any, align_corners: bool) -> jnp.ndarray:
+  return jnp.einsum("ow,nhwc->nhoc", _matrix(x.shape[2], out_w, align_corners), x,
+                    precision=lax.Precision.HIGHEST)
 
 
 def resize_bilinear(x: jnp.ndarray, out_hw: Sequence[int], align_corners: bool = True
@@ -59,17 +94,23 @@ def resize_bilinear(x: jnp.ndarray, out_hw: Sequence[int], align_corners: bool =
   """Resizes NHWC `x` to `out_hw` = (height, width) like PyTorch's bilinear interpolation.
 
   Equals `torch.nn.functional.interpolate(mode='bilinear', align_corners=...)` with a `size`
-  for up- and downsampling (no antialiasing, as in PyTorch). `out_hw` must be static. Computed
-  in float32 (HIGHEST matmul precision, so GPUs do not round the weights to TF32); returns the
-  input dtype.
+  for up- and downsampling (no antialiasing, as in PyTorch). `out_hw` must be static, or
+  symbolic dimensions under jax.export. Computed in float32 (HIGHEST matmul precision, so GPUs
+  do not round the weights to TF32); returns the input dtype.
   """
   if x.ndim != 4:
     raise ValueError(f"resize_bilinear expects an NHWC array (4 dims); got shape {x.shape}.")
+  in_dtype = x.dtype
+  in_h, in_w = x.shape[1], x.shape[2]
+  if any(_is_symbolic(s) for s in (*out_hw, in_h, in_w)):
+    # Costs cannot be compared on symbols: width first, the cheaper order for upsampling
+    # landscape images (the static path's choice for them).
+    y = _resize_height(_resize_width(x.astype(jnp.float32), out_hw[1], align_corners),
+                      out_hw[0], align_corners)
+    return y.astype(in_dtype)
   out_h, out_w = (int(s) for s in out_hw)
   if out_h < 1 or out_w < 1:
     raise ValueError(f"resize_bilinear: out_hw must be two positive sizes; got {tuple(out_hw)}.")
-  in_dtype = x.dtype
-  in_h, in_w = x.shape[1], x.shape[2]
   y = x.astype(jnp.float32)
   # Contract the axis first whose product is cheaper; an unchanged axis is an identity, skipped.
   height_first_cost = out_h * in_h * in_w + out_h * in_w * out_w

@@ -1,8 +1,8 @@
 """SEAT norm: a BatchNorm that keeps statistics (and optionally the affine) per domain.
 
-It replaces every BatchNorm of the segmenter (SPEC section 2). PyTorch semantics are kept exactly
-so converted weights behave the same: eps 1e-5; in training the batch is normalised with its
-biased variance and the running stats move as `0.9 * old + 0.1 * batch` with the unbiased
+It replaces every BatchNorm of the segmenter (the paper's section 3.2). PyTorch semantics are kept
+exactly so converted weights behave the same: eps 1e-5; in training the batch is normalised with
+its biased variance and the running stats move as `0.9 * old + 0.1 * batch` with the unbiased
 variance; in evaluation the running stats of the chosen domain are used.
 
 Modes (variable names are part of the model contract, checkpoints depend on them):

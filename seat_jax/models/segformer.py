@@ -1,5 +1,5 @@
 """SegFormer: the Mix Transformer encoder (MiT-B0..B5) with DAFormer's or SegFormer's decoder and
-SEAT norms (issue 21; docs/segformer.md).
+SEAT norms (docs/segformer.md).
 
 The layout follows the MiT of NVlabs/SegFormer as DAFormer vendors it
 (lhoyer/DAFormer mmseg/models/backbones/mix_transformer.py), so its ImageNet checkpoints

@@ -17,7 +17,7 @@ def mixed_image_norm(config: ml_collections.ConfigDict) -> None:
 
 
 def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
-  """DACS, DAFormer's training strategy on DeepLabV2, MIC on top of it (docs: "Mixing methods").
+  """DACS, DAFormer's training strategy on DeepLabV2, MIC on top of it (docs/mixing-methods.md).
 
   Facts from the reference code (docs/mixing-methods-research.md). dacs (vikolss/DACS):
   ClassMix with an EMA teacher (0.99), confidence 0.968, colour jitter and blur, SGD 2.5e-4

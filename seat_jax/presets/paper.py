@@ -8,7 +8,7 @@ from seat_jax.presets.rows import ABLATION_ROWS, GTA_LAYER_SWITCH
 
 def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """What every real-data preset shares: the references' optimiser, as they ran it."""
-  config.optim.reference_duplicate_updates = True  # docs: "Reproducing SEAT", the duplicate updates
+  config.optim.reference_duplicate_updates = True  # docs/reproducing-seat.md
   return config
 
 

@@ -28,7 +28,7 @@ FDA16_ROWS = tuple(row + FDA16_SUFFIX for row in FDA_ROWS)
 # output-space adversary plus stuff/thing feature losses, without its self-training round.
 DIFFERENTIAL_ROWS = ("differential", "differential_seat")
 # Toldo et al. 2021: a source-only stage, then feature clustering from it (each with a `_seat`
-# twin, since a shared-BN checkpoint cannot initialise a SEAT-norm model).
+# twin: SEAT norms in both stages).
 CLUSTERING_ROWS = ("clustering_source", "clustering", "clustering_seat_source", "clustering_seat")
 # Mixing-based self-training with a mean teacher: DACS, DAFormer's strategy on
 # DeepLabV2 and MIC on top of it, each without / with SEAT norms.

@@ -1,5 +1,5 @@
-"""DAFormer and MIC as published: SegFormer's MiT-B5 with DAFormer's decoder (issue 21;
-docs/segformer.md has each number beside the reference file it comes from)."""
+"""DAFormer and MIC as published: SegFormer's MiT-B5 with DAFormer's decoder
+(docs/segformer.md has each number beside the reference file it comes from)."""
 
 import ml_collections
 
