@@ -28,9 +28,10 @@ $(DOCS_STAMP): pyproject.toml $(BASE_STAMP)
 
 install: $(BASE_STAMP)
 
-# The whole test suite, two workers (one per core of the reference 2-core machine).
+# The whole test suite, two workers (one per core of the reference 2-core machine); a module
+# marked with an xdist_group runs on one worker, so its programs compile once.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 # The main job on the built-in synthetic data (docs/demo.md).
 demo: $(BASE_STAMP)

@@ -38,6 +38,10 @@ from seat_jax.methods import dacs  # noqa: E402
 from flax import traverse_util  # noqa: E402
 import test_segformer as ts  # noqa: E402
 
+# One worker runs the module (`make test` distributes by group): the step compiles once there
+# instead of once in each worker.
+pytestmark = pytest.mark.xdist_group("daformer_iteration")
+
 RATIO = 16.0
 FLOOR = 16 * 2.0**-24
 HIDDEN, HEADS, DEPTHS = (8, 16, 16, 16), (1, 2, 2, 4), (1, 1, 1, 1)
