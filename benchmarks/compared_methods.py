@@ -5,7 +5,8 @@ run through the same `--config.mode` as a user would (a training run, or a recip
 IntraDA's two stages, FDA's rounds) and scored on the target validation split at its final step,
 so the methods compare at equal training steps. Every run starts from the demo's pretrained init
 (`pretrain`, trained first: the stand-in for the DeepLab weights of the paper), except the runs
-that start from another run (Toldo et al.'s adaptation stage from its source-only stage).
+that start from another run (Toldo et al.'s adaptation stage from its source-only stage) and
+the tiny-MiT rows, which start from `mit_pretrain` (the stand-in for the ImageNet MiT).
 
   python benchmarks/compared_methods.py --workdir=runs/methods [--runs=dacs,dacs_seat]
 
@@ -56,19 +57,30 @@ RUNS = {
     "daformer_seat": ("daformer_seat", {}, None),
     "mic_seat": ("mic_seat", {}, None),
     "mic": ("mic", {}, None),
+    # DAFormer and MIC on a tiny MiT (SegFormer) from its own pretrained init: shared norms (the
+    # reference), SAT and SEAT norms.
+    "mit_source_only": ("mit_source_only", {}, "mit_pretrain"),
+    "daformer_mit": ("daformer_mit", {}, "mit_pretrain"),
+    "daformer_mit_sat": ("daformer_mit_sat", {}, "mit_pretrain"),
+    "daformer_mit_seat": ("daformer_mit_seat", {}, "mit_pretrain"),
+    "mic_mit": ("mic_mit", {}, "mit_pretrain"),
+    "mic_mit_seat": ("mic_mit_seat", {}, "mit_pretrain"),
 }
 PRETRAIN = "pretrain"
+# The pretrained inits (configs/demo.py rows trained with labels on the `pretrain` style): the
+# DeepLab rows' and the MiT rows'.
+PRETRAINS = (PRETRAIN, "mit_pretrain")
 
 
-def pretrain(workdir: pathlib.Path, data_dir: str) -> str:
-  """The demo's pretrained init (kept when already trained); returns its folder."""
+def pretrain(workdir: pathlib.Path, data_dir: str, row: str = PRETRAIN) -> str:
+  """A pretrained init (kept when already trained); returns its folder."""
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
   from seat_jax.recipes import parts  # pylint: disable=g-import-not-at-top
-  config = presets.demo_row(PRETRAIN)
+  config = presets.demo_row(row)
   config.data.data_dir = data_dir
   config.train.eval_every = 0
-  parts.train_part("Pretraining the init every run starts from", config, workdir / PRETRAIN)
-  return str(workdir / PRETRAIN)
+  parts.train_part(f"Pretraining the init its runs start from ({row})", config, workdir / row)
+  return str(workdir / row)
 
 
 def run(name: str, workdir: pathlib.Path, data_dir: str) -> list[dict]:
@@ -105,7 +117,10 @@ def main(argv: list[str]) -> int:
   from seat_jax import datasets  # pylint: disable=g-import-not-at-top
   for domain in ("source", "target", PRETRAIN):
     datasets.prepare("synthetic_streets", data_dir, builder_config=domain)
-  pretrain(workdir, data_dir)
+  needed = {RUNS[n][2] if RUNS[n][2] in PRETRAINS else PRETRAIN for n in names}
+  for row in PRETRAINS:
+    if row in needed:
+      pretrain(workdir, data_dir, row)
   results_file = workdir / "results.json"
   results = json.loads(results_file.read_text()) if results_file.exists() else {}
   for name in names:

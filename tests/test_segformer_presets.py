@@ -29,6 +29,7 @@ from seat_jax import models  # noqa: E402
 from seat_jax import optim  # noqa: E402
 from seat_jax import presets  # noqa: E402
 from seat_jax import warm_start  # noqa: E402
+from seat_jax.presets import transformer_recipes  # noqa: E402
 import test_segformer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -180,3 +181,35 @@ def test_mmseg_cross_entropy_averages_over_every_pixel():
   assert np.isclose(float(losses.cross_entropy(logits, labels)), np.log(2))
   assert np.isclose(float(losses.cross_entropy(logits, labels, over_all_pixels=True)),
                     np.log(2) / 2)
+
+
+@pytest.mark.parametrize("row", [r for r in presets.MIT_DEMO_ROWS if r != "mit_pretrain"])
+def test_the_demo_mit_rows_start_from_the_mit_pretrain_run(row):
+  """configs/demo.py's tiny-MiT rows: the norm mode their name says, DAFormer's recipe parts,
+  and the `mit_pretrain` run's variables (shared norms, its trained decoder) fit each of them:
+  every norm copied into each domain slot, nothing of the decoder started fresh."""
+  pretrain_config = presets.demo_row("mit_pretrain")
+  pretrain_model = models.build_segmenter(pretrain_config.model)
+  stored = helpers.random_variables(pretrain_model, seed=2)
+  config = presets.demo_row(row)
+  config.init_from = "/made/up/mit_pretrain"
+  config_validation.validate(config, num_devices=1)
+  want_mode = "seat" if row.endswith("_seat") else "sat" if row.endswith("_sat") else "shared"
+  assert (config.model.name, config.model.norm_mode) == ("segformer", want_mode)
+  assert config.model.mit.to_dict() == pretrain_config.model.mit.to_dict()
+  assert config.optim.no_decay_patterns == (transformer_recipes.MIT_NORM_PATTERN,)
+  assert config.mix.enabled == (row != "mit_source_only")
+  assert (config.mix.mic_weight > 0) == row.startswith("mic")
+  assert (config.mix.fd_weight > 0) == (row != "mit_source_only")
+  model = models.build_segmenter(config.model)
+  variables, report = warm_start.fit_variables(
+      stored, checkpointing.abstract_variables(model),
+      fresh=helpers.random_variables(model, seed=3), init_domain=config.init_domain)
+  assert not report.fresh_heads
+  flat, source = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(stored)
+  kernel = ("params", "decode_head", "conv_seg", "kernel")
+  np.testing.assert_array_equal(flat[kernel], source[kernel])
+  slots = {"seat": ("source_scale", "target_scale")}.get(want_mode, ("scale",))
+  for slot in slots:
+    np.testing.assert_array_equal(flat[("params", "backbone", "block2_0", "norm1", slot)],
+                                  source[("params", "backbone", "block2_0", "norm1", "scale")])

@@ -21,7 +21,8 @@ from seat_jax.presets.paper import (
 from seat_jax.presets.compared import clustering, differential, fda, intrada, intrada_stage2
 from seat_jax.presets.mixing_recipes import mixing
 from seat_jax.presets.transformer_recipes import daformer
-from seat_jax.presets.synthetic_demo import DEMO_ROWS, demo, demo_intrada, demo_pretrain, demo_row
+from seat_jax.presets.synthetic_demo import (
+    DEMO_ROWS, MIT_DEMO_ROWS, demo, demo_intrada, demo_pretrain, demo_row)
 
 
 def gta(row: str = "mul") -> ml_collections.ConfigDict:
@@ -103,6 +104,7 @@ __all__ = [
     "ABLATION_ROWS",
     "CLUSTERING_ROWS",
     "DEMO_ROWS",
+    "MIT_DEMO_ROWS",
     "DIFFERENTIAL_ROWS",
     "FDA16_ROWS",
     "FDA_ROWS",

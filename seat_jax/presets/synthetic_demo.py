@@ -13,6 +13,7 @@ from seat_jax.presets.rows import (
     CLUSTERING_ROWS, DIFFERENTIAL_ROWS, FDA_ROWS, INTRADA_ROWS, check_row)
 from seat_jax.presets.compared import fda, intrada, intrada_stage2
 from seat_jax.presets.mixing_recipes import mic_statistics, mixed_image_norm
+from seat_jax.presets.transformer_recipes import DECODER_PATTERN, MIT_NORM_PATTERN
 
 
 def _demo_method(row: str) -> ml_collections.ConfigDict:
@@ -58,8 +59,65 @@ DEMO_METHOD_ROWS = (*DIFFERENTIAL_ROWS, *CLUSTERING_ROWS, "dacs", "dacs_seat", "
                     "daformer_seat", "mic", "mic_seat")
 
 
+# The transformer rows: a tiny MiT with DAFormer's decoder (`_demo_mit`).
+MIT_DEMO_ROWS = ("mit_pretrain", "mit_source_only", "daformer_mit", "daformer_mit_sat",
+                 "daformer_mit_seat", "mic_mit", "mic_mit_seat")
+
 DEMO_ROWS = ("seat", "sat", "shared", "pretrain", *INTRADA_ROWS, "intrada_stage2",
-             "intrada_seat_stage2", *FDA_ROWS, *DEMO_METHOD_ROWS)
+             "intrada_seat_stage2", *FDA_ROWS, *DEMO_METHOD_ROWS, *MIT_DEMO_ROWS)
+
+# MiT-B0's shape (one block per stage, B0's heads and reductions) at half B0's width: the
+# demo's budget on 2 CPU cores. DAFormer's decoder at 64 channels with two ASPP branches.
+TINY_MIT = dict(embed_dims=(16, 32, 80, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 5, 8),
+                sr_ratios=(8, 4, 2, 1))
+TINY_DAFORMER_DECODER = dict(name="daformer", channels=64, embed_dims=64, dilations=(1, 6),
+                             dropout=0.1)
+
+
+def _demo_mit(row: str) -> ml_collections.ConfigDict:
+  """DAFormer and MIC on a tiny MiT at the demo's size and budget (configs/demo.py:*mit*).
+
+  `mit_pretrain` is the stand-in for the ImageNet MiT the references start from (trained once
+  with labels on the `pretrain` style, as the DeepLab rows' `pretrain`); every other row starts
+  from it. `mit_source_only`: source images only. `daformer_mit[_sat|_seat]`: DAFormer's
+  self-training (ClassMix, EMA teacher with DAFormer's timing, thing-class feature distance,
+  RCS; the EMA at the demo's 0.99) with the reference's shared norms, SAT or SEAT norms; `mic_mit[_seat]` adds MIC's masked
+  target images (16-pixel blocks at 64x128). AdamW with a 10x decoder and no decay on the
+  LayerNorms as DAFormer, at a learning rate scaled to 300 steps (6e-4, no warmup).
+  """
+  norm_mode = {"_sat": "sat", "_seat": "seat"}.get(row[row.rfind("_"):], "shared")
+  config = demo(norm_mode)
+  m = config.model
+  m.name = "segformer"
+  m.mit.update(**TINY_MIT, mlp_ratio=4, drop_path_rate=0.1, layer_norm_eps=1e-6)
+  m.decoder.update(**TINY_DAFORMER_DECODER)
+  config.loss.aux_weight = 0.0  # one head
+  config.adv.mode = "none"
+  config.optim.name = "adamw"
+  config.optim.lr = 6e-4
+  config.optim.weight_decay = 0.01
+  config.optim.head_patterns = (DECODER_PATTERN,)
+  config.optim.no_decay_patterns = (MIT_NORM_PATTERN,)
+  config.optim.poly_power = 1.0
+  if row == "mit_pretrain":
+    for split in (config.data.source, config.data.target, config.data.val):
+      split.builder_config = "pretrain"
+    config.train.eval_every = 0
+  if row in ("mit_pretrain", "mit_source_only"):
+    return config
+  config.mix.enabled = True
+  mixed_image_norm(config)
+  config.mix.teacher_alpha = dacs.DACS_ALPHA  # the demo's other mixing rows' (300 steps)
+  config.mix.teacher_schedule = "daformer"
+  config.mix.jitter_strength = dacs.DAFORMER_JITTER_STRENGTH
+  config.mix.fd_weight = daformer.FD_LAMBDA
+  config.data.source.rcs_temperature = 0.01
+  config.data.source.rcs_min_pixels = 16
+  if row.startswith("mic"):
+    config.mix.mic_weight = mic_method.MASK_LAMBDA
+    config.mix.mic_block, config.mix.mic_ratio = 16, mic_method.MASK_RATIO
+    mic_statistics(config)
+  return config
 
 
 def _demo_fda(row: str) -> ml_collections.ConfigDict:
@@ -93,6 +151,8 @@ def demo_row(row: str = "seat") -> ml_collections.ConfigDict:
     return demo_intrada(row)
   if row in DEMO_METHOD_ROWS:
     return _demo_method(row)
+  if row in MIT_DEMO_ROWS:
+    return _demo_mit(row)
   if row == "pretrain":
     return demo_pretrain()
   return demo(row)
