@@ -6,6 +6,8 @@
 `:fda_b001`, `:fda_b005`, `:fda_b009` (+ `_seat`) are FDA's models on them (`--config.mode=fda_rounds`).
 `:differential`, `:clustering_source` / `:clustering`, `:dacs`, `:daformer`, `:mic` (each + `_seat`)
 are the other compared methods at the demo's scale (benchmarks/compared_methods.py runs them all).
+`:mit_pretrain`, `:mit_source_only`, `:daformer_mit[_sat|_seat]`, `:mic_mit[_seat]` are DAFormer
+and MIC on a tiny MiT (SegFormer) from its own pretrained init (`mit_pretrain`).
 """
 
 from seat_jax import presets
