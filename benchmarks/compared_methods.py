@@ -20,6 +20,9 @@ import pathlib
 import sys
 import time
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's seat_jax, not an installed one
+
 # A run: (configs/demo.py row, config overrides, the run whose final checkpoint it starts from;
 # None: the pretrained init).
 RUNS = {
