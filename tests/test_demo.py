@@ -23,6 +23,9 @@ from seat_jax import pseudo_labels
 from seat_jax import train
 from seat_jax import train_step
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_demo")
+
 
 @pytest.fixture(scope="module")
 def toy_demo(tmp_path_factory):

@@ -20,6 +20,9 @@ from seat_jax import input_pipeline
 from seat_jax import models
 from seat_jax import predict
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_export")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE_STAGES = (4,)  # a layer switch, to check it is baked in
 DOCS = REPO / "docs" / "use-a-model.md"

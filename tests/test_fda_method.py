@@ -38,6 +38,9 @@ from seat_jax.methods import fda
 from seat_jax.recipes import fda_rounds
 from seat_jax.recipes import parts
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_fda_method")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IGNORE = 255
 MODEL_HW = (32, 64)

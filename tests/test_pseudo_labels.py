@@ -18,6 +18,9 @@ from seat_jax import predict
 from seat_jax import pseudo_label_rules
 from seat_jax import pseudo_labels
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_pseudo_labels")
+
 IGNORE = 255
 MODEL_HW = (32, 64)
 STORED_HW = (40, 72)  # target images as stored; pseudo-labels are at MODEL_HW

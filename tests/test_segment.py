@@ -20,6 +20,9 @@ from seat_jax import predict
 from seat_jax import reports
 from seat_jax import segment
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_segment")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE_STAGES = (4,)  # the layer switch: layer4 on the source norms
 

@@ -17,6 +17,9 @@ from seat_jax import presets
 from seat_jax import train
 from seat_jax import train_step
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_train")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
