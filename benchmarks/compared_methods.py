@@ -8,7 +8,7 @@ so the methods compare at equal training steps. Every run starts from the demo's
 that start from another run (Toldo et al.'s adaptation stage from its source-only stage) and
 the tiny-MiT rows, which start from `mit_pretrain` (the stand-in for the ImageNet MiT).
 
-  python benchmarks/compared_methods.py --workdir=runs/methods [--runs=dacs,dacs_seat]
+  python benchmarks/compared_methods.py --workdir=runs/methods [--runs=dacs,dacs_seat] [--seed=2]
 
 Prints a markdown table (run, norms, mIoU, wall time) and writes it to <workdir>/results.md.
 A finished run is kept (delete its folder to start over); an interrupted one resumes.
@@ -75,18 +75,21 @@ PRETRAIN = "pretrain"
 PRETRAINS = (PRETRAIN, "mit_pretrain")
 
 
-def pretrain(workdir: pathlib.Path, data_dir: str, row: str = PRETRAIN) -> str:
+def pretrain(workdir: pathlib.Path, data_dir: str, row: str = PRETRAIN,
+             seed: int | None = None) -> str:
   """A pretrained init (kept when already trained); returns its folder."""
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
   from seat_jax.recipes import parts  # pylint: disable=g-import-not-at-top
   config = presets.demo_row(row)
   config.data.data_dir = data_dir
   config.train.eval_every = 0
+  if seed is not None:
+    config.seed = seed
   parts.train_part(f"Pretraining the init its runs start from ({row})", config, workdir / row)
   return str(workdir / row)
 
 
-def run(name: str, workdir: pathlib.Path, data_dir: str) -> list[dict]:
+def run(name: str, workdir: pathlib.Path, data_dir: str, seed: int | None = None) -> list[dict]:
   """One entry of RUNS: a result row per score (a recipe scores several models)."""
   from seat_jax import presets, recipes  # pylint: disable=g-import-not-at-top,multiple-imports
   from seat_jax.recipes import parts  # pylint: disable=g-import-not-at-top
@@ -95,6 +98,8 @@ def run(name: str, workdir: pathlib.Path, data_dir: str) -> list[dict]:
   config.data.data_dir = data_dir
   config.train.eval_every = 0
   config.update_from_flattened_dict(overrides)
+  if seed is not None:
+    config.seed = seed
   config.init_from = str(workdir / (start_from or PRETRAIN))
   begin = time.time()
   result = recipes.run(config, str(workdir / name))
@@ -110,6 +115,8 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated names of RUNS")
+  parser.add_argument("--seed", type=int, default=None,
+                      help="config.seed of every run and pretrained init (default: the presets')")
   args = parser.parse_args(argv)
   names = [n for n in args.runs.split(",") if n]
   unknown = sorted(set(names) - set(RUNS))
@@ -123,11 +130,11 @@ def main(argv: list[str]) -> int:
   needed = {RUNS[n][2] if RUNS[n][2] in PRETRAINS else PRETRAIN for n in names}
   for row in PRETRAINS:
     if row in needed:
-      pretrain(workdir, data_dir, row)
+      pretrain(workdir, data_dir, row, args.seed)
   results_file = workdir / "results.json"
   results = json.loads(results_file.read_text()) if results_file.exists() else {}
   for name in names:
-    results[name] = run(name, workdir, data_dir)
+    results[name] = run(name, workdir, data_dir, args.seed)
     results_file.write_text(json.dumps(results, indent=2))
   lines = ["| run | norms | mIoU (%) | wall (s) |", "|---|---|---:|---:|"]
   lines += [f"| {r['run']} | {r['norm_mode']} | {r['miou']:.1f} | {r['seconds']:.0f} |"
