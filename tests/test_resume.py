@@ -22,6 +22,9 @@ from seat_jax import checkpointing
 from seat_jax import train
 from seat_jax import train_step
 
+# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_resume")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 6
 
@@ -33,9 +36,6 @@ jax.config.update("jax_disable_most_optimizations", True)  # as tests/conftest.p
 sys.path.insert(0, sys.argv[3])
 import helpers
 from seat_jax import train
-
-# Its module fixture trains once: one worker runs the module (`make test`: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_resume")
 config = helpers.tiny_train_config(sys.argv[1], int(sys.argv[4]))
 train.train_and_evaluate(config, sys.argv[2])
 """
