@@ -31,6 +31,12 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.bn_train_stats = True  # normalise with batch statistics while training (reference)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16; params stay float32
   m.remat = "none"  # none | blocks: recompute each bottleneck/MiT block in the backward pass
+  # DeepLabV2's ResNet: caffe (AdaptSegNet's DeepLab, 7x7 stem) | v1c (mmseg's deep stem, the
+  # stride on the 3x3 conv, half-pixel logit resize: DAFormer's and MIC's DeepLabV2)
+  m.resnet_variant = "caffe"  # caffe: AdaptSegNet's DeepLab | v1c: mmseg's (DAFormer/MIC DLv2)
+  # What the DeepLabV2 weights expect; the model maps the project's input to it (SegFormer: always
+  # imagenet). caffe: BGR minus the Caffe mean, no std; imagenet: RGB, ImageNet mean/std.
+  m.input_normalisation = "caffe"  # input the weights expect: caffe | imagenet (RGB mean/std)
   # SegFormer only (model.name=segformer); the norm, dtype and remat fields above apply to it.
   # The encoder defaults to mmseg's mit_b5 (models.mit_config gives b0..b5).
   m.mit = ml_collections.ConfigDict()

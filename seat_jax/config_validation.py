@@ -22,6 +22,8 @@ CHOICES = {
     "model.dtype": models.COMPUTE_DTYPES,
     "model.aspp_branches": models.ASPP_BRANCHES,
     "model.remat": models.REMAT_CHOICES,
+    "model.resnet_variant": models.RESNET_VARIANTS,
+    "model.input_normalisation": models.INPUT_NORMALISATIONS,
     "adv.mode": adversary.ADV_MODES,
     "adv.input": adversary.ADV_INPUTS,
     "loss.ce_normalise": losses.CE_NORMALISATIONS,
