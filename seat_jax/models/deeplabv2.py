@@ -48,7 +48,6 @@ HEAD_NAMES = ("aux_head", "main_head")
 # config model.resnet_variant: caffe = AdaptSegNet's Caffe DeepLab ResNet (7x7 stem); v1c =
 # mmseg's ResNetV1c (deep stem; DAFormer's and MIC's DeepLabV2).
 RESNET_VARIANTS = ("caffe", "v1c")
-V1C_STEM = ("stem_conv1", "stem_bn1", "stem_conv2", "stem_bn2", "stem_conv3", "stem_bn3")
 BOTTLENECK_EXPANSION = 4  # a bottleneck's output has 4x its planes
 
 
@@ -129,6 +128,24 @@ def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
   init = -jnp.inf  # a Python scalar: lax.reduce_window is only differentiable with one
   return lax.reduce_window(
       x, init, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+class DeepStem(nn.Module):
+  """mmseg's ResNetV1c stem before the max-pool: three 3x3 convs (stride 2, 1, 1; widths
+  width/2, width/2, width), each followed by a norm and ReLU. Named conv1..3 and bn1..3 inside
+  `stem`, so the norm and affine patterns of the rest of the project (bnN) cover them."""
+  width: int
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
+    widths = (self.width // 2, self.width // 2, self.width)
+    for j, width in enumerate(widths, start=1):
+      x = Conv2D(width, 3, stride=2 if j == 1 else 1, padding=1, dtype=self.dtype,
+                 name=f"conv{j}")(x)
+      x = nn.relu(self.norm(name=f"bn{j}")(x, domain, train))
+    return x
 
 
 class Bottleneck(nn.Module):
@@ -268,11 +285,7 @@ class DeepLabV2(nn.Module):
     x = input_norm.normalise(images, self.input_normalisation)
     mmseg_style = self.resnet_variant == "v1c"
     if mmseg_style:
-      widths = (self.base_width // 2, self.base_width // 2, self.base_width)
-      for j, width in enumerate(widths):
-        x = Conv2D(width, 3, stride=2 if j == 0 else 1, padding=1, dtype=dtype,
-                   name=V1C_STEM[2 * j])(x)
-        x = nn.relu(norm(name=V1C_STEM[2 * j + 1])(x, stage_domain(0), train))
+      x = DeepStem(self.base_width, norm, dtype, name="stem")(x, stage_domain(0), train)
       x = max_pool_3x3_s2(x)
     else:
       x = Conv2D(self.base_width, 7, stride=2, padding=3, dtype=dtype, name="conv1")(x)
