@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
       split="train",  # which split
       resize_hw=(720, 1280),  # images (and labels) resized to this before cropping
       crop_hw=(512, 1024),  # random crop after the resize; () = the whole resized image
+      # mmseg's RandomCrop (DAFormer: 0.75): redraw a crop (at most 10 times) while one class
+      # covers this share of its labelled pixels or it holds one class. 1.0 = off.
+      cat_max_ratio=1.0,  # redraw crops one class covers this much of (DAFormer 0.75); 1 = off
       # DAFormer's rare class sampling (seat_jax/rcs.py): a class drawn by its pixel frequency,
       # then an image with enough of it, its crop redrawn until it holds enough of that.
       rcs_temperature=0.0,  # rare class sampling temperature (DAFormer 0.01); 0 = off

@@ -116,6 +116,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"    then add --config.init_from=$HOME/weights/{init_dir} (docs/pretrained-weights.md); or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += methods.problems(config)
   problems += _segformer_problems(config)
+  cat_max_ratio = float(config.data.source.get("cat_max_ratio", 1.0))
+  if not 0.0 < cat_max_ratio <= 1.0:
+    problems.append(f"config.data.source.cat_max_ratio={cat_max_ratio} must lie in (0, 1] "
+                    "(DAFormer: 0.75; 1 = off)")
+  elif cat_max_ratio < 1.0 and config.data.source.get("pseudo_label_dir"):
+    problems.append("config.data.source.cat_max_ratio < 1 checks crops on the stored source "
+                    "labels; it cannot be combined with config.data.source.pseudo_label_dir")
   if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:
     problems.append(f"config.data.blur_probability={config.data.blur_probability} must lie in "
                     "[0, 1] (Toldo et al.: 0.5; 0 = off)")
