@@ -105,6 +105,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.mode == "train" and not (config.init_from or config.resume) and _real_data(config):
     if models.model_name(config.model) == "segformer":
       init_file, init_dir, why = "mit_b5.pth", "mit_b5", "DAFormer and MIC start from ImageNet"
+    elif config.model.get("resnet_variant", "caffe") == "v1c":
+      init_file, init_dir, why = ("resnet101_v1c-e67eebb6.pth", "resnet101_v1c",
+                                  "DAFormer and MIC start from open-mmlab://resnet101_v1c")
     else:
       init_file, init_dir, why = ("DeepLab_resnet_pretrained_init-f81d91e8.pth", "deeplab_init",
                                   "AdaptSegNet issues #35, #81")
