@@ -56,8 +56,8 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
   images, one head with the two-branch ASPP, BN affine frozen. daformer_dlv2 (lhoyer/DAFormer):
   AdamW 6e-5 (weight decay 0.01, 10x heads), 1500 warmup steps, poly 1.0 over 40k steps,
   teacher 0.999, BN trained, random flip, rare class sampling (T 0.01, 3000 pixels),
-  thing-class feature distance 0.005, on mmseg's DeepLabV2 (`mmseg_dlv2`). mic_dlv2 (lhoyer/MIC, its DeepLabV2 experiment): + masked
-  target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
+  thing-class feature distance 0.005, on mmseg's DeepLabV2 (`mmseg_dlv2`). mic_dlv2 (lhoyer/MIC,
+  its DeepLabV2 experiment): + masked target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
   mixed images normalised by their own batch statistics (config mix.norm, `mixed_image_norm`).
   """
   method = row.removesuffix("_seat")
