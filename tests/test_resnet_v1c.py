@@ -217,3 +217,18 @@ def test_caffe_model_refuses_a_v1c_init_naming_the_variant(torch_models):
   caffe = models.build_segmenter(v1c_config("shared", variant="caffe"))
   with pytest.raises(warm_start.IncompatibleModelError, match="resnet_variant"):
     warm_start.fit_variables(stored, checkpointing.abstract_variables(caffe))
+
+
+def test_v1c_model_exports_with_symbolic_sizes():
+  """The exported inference function (any batch and size) gives the jitted model's logits; the
+  strided 3x3 and downsample branches of layer2 must agree on their size symbolically."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from seat_jax import export  # pylint: disable=g-import-not-at-top
+  model = models.build_segmenter(v1c_config())
+  fn = functools.partial(export.inference_fn(model), helpers.random_variables(model, 0))
+  exported = jax.export.export(jax.jit(fn), platforms=("cpu",))(export._symbolic_images())
+  for hw in ((16, 16), (37, 50)):
+    images = np.random.default_rng(0).integers(0, 256, (2, *hw, 3)).astype(np.uint8)
+    got, want = exported.call(images)["logits"], jax.jit(fn)(images)["logits"]
+    assert got.shape == (2, *hw, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))

@@ -68,7 +68,10 @@ def _uniform(bound: float) -> Callable:
 class Conv2D(nn.Module):
   """Square NHWC convolution, HWIO kernel stored float32, computed in `dtype`.
 
-  A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster).
+  A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster),
+  unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample) then has
+  the same output size expression, floor((n - 1) / s) + 1, which symbolic shapes (export) need
+  to add the two branches.
   """
   features: int
   kernel_size: int = 1
@@ -79,6 +82,7 @@ class Conv2D(nn.Module):
   dtype: Any = jnp.float32
   bias_init: Callable | None = None
   output_dtype: Any = None  # e.g. float32 for logits: cast before the bias is added
+  dot_1x1: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -87,7 +91,7 @@ class Conv2D(nn.Module):
         "kernel", conv_kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    if k == 1 and self.padding == 0:
+    if k == 1 and self.padding == 0 and self.dot_1x1:
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
       y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
@@ -172,7 +176,7 @@ class Bottleneck(nn.Module):
     y = self.norm(name="bn3")(y, domain, train)
     if self.downsample:
       x = conv(self.planes * BOTTLENECK_EXPANSION, 1, stride=self.stride,
-               name="downsample_conv")(x)
+               dot_1x1=not (self.stride_in_3x3 and self.stride > 1), name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, domain, train)
     return nn.relu(y + x.astype(y.dtype))
 
