@@ -105,14 +105,12 @@ def load_method_files(trainer: train_step.Trainer, state: TrainState) -> TrainSt
   """`state` with the method state the config reads from files (`Method.load_state`: DAFormer's
   feature-distance reference, config.mix.fd_reference), fitted into this segmenter as
   `init_from` is; heads such a file lacks are taken from `state`'s."""
-  abstract = train_step.abstract_state(trainer).model_variables()
-  fresh = jax.device_get(state.model_variables())
-
   def restore(path: str, config_key: str):
     try:
       directory, step = checkpointing.resolve(path)
       variables, report = checkpointing.restore_fitted(
-          directory, abstract, step, fresh=fresh,
+          directory, train_step.abstract_state(trainer).model_variables(), step,
+          fresh=jax.device_get(state.model_variables()),
           init_domain=trainer.config.get("init_domain", ""))
     except errors.UserError as e:
       raise type(e)(f"{config_key}={path}: {e}") from None
