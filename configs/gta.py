@@ -13,7 +13,8 @@ The paper's whole pipeline (stage 1, pseudo-labels, stage 2): `--config.mode=pip
 Differential treatment: `:differential`, `:differential_seat`. Toldo et al.: `:clustering_source`
 then `:clustering` from it (`:clustering_seat_source`, `:clustering_seat` with SEAT norms).
 Mixing-based self-training (docs/mixing-methods.md): `:dacs`, `:daformer_dlv2`,
-`:mic_dlv2`, each with `_seat` for SEAT norms.
+`:mic_dlv2`, each with `_seat` for SEAT norms (the DAFormer and MIC rows are mmseg's DeepLabV2
+on a ResNet-101 V1c: start them from a converted resnet101_v1c, docs/pretrained-weights.md).
 DAFormer and MIC as published, on SegFormer (MiT-B5, DAFormer's decoder; docs/segformer.md):
 `:daformer`, `:mic`, each with `_seat` for SEAT norms (start from a converted mit_b5).
 """

@@ -31,6 +31,12 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.bn_train_stats = True  # normalise with batch statistics while training (reference)
   m.dtype = "float32"  # compute dtype: float32 | bfloat16; params stay float32
   m.remat = "none"  # none | blocks: recompute each bottleneck/MiT block in the backward pass
+  # DeepLabV2's ResNet: caffe (AdaptSegNet's DeepLab, 7x7 stem) | v1c (mmseg's deep stem, the
+  # stride on the 3x3 conv, half-pixel logit resize: DAFormer's and MIC's DeepLabV2)
+  m.resnet_variant = "caffe"  # caffe: AdaptSegNet's DeepLab | v1c: mmseg's (DAFormer/MIC DLv2)
+  # What the DeepLabV2 weights expect; the model maps the project's input to it (SegFormer: always
+  # imagenet). caffe: BGR minus the Caffe mean, no std; imagenet: RGB, ImageNet mean/std.
+  m.input_normalisation = "caffe"  # input the weights expect: caffe | imagenet (RGB mean/std)
   # SegFormer only (model.name=segformer); the norm, dtype and remat fields above apply to it.
   # The encoder defaults to mmseg's mit_b5 (models.mit_config gives b0..b5).
   m.mit = ml_collections.ConfigDict()
@@ -67,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
       split="train",  # which split
       resize_hw=(720, 1280),  # images (and labels) resized to this before cropping
       crop_hw=(512, 1024),  # random crop after the resize; () = the whole resized image
+      # mmseg's RandomCrop (DAFormer: 0.75): redraw a crop (at most 10 times) while one class
+      # covers this share of its labelled pixels or it holds one class. 1.0 = off.
+      cat_max_ratio=1.0,  # redraw crops one class covers this much of (DAFormer 0.75); 1 = off
       # DAFormer's rare class sampling (seat_jax/rcs.py): a class drawn by its pixel frequency,
       # then an image with enough of it, its crop redrawn until it holds enough of that.
       rcs_temperature=0.0,  # rare class sampling temperature (DAFormer 0.01); 0 = off

@@ -22,6 +22,8 @@ CHOICES = {
     "model.dtype": models.COMPUTE_DTYPES,
     "model.aspp_branches": models.ASPP_BRANCHES,
     "model.remat": models.REMAT_CHOICES,
+    "model.resnet_variant": models.RESNET_VARIANTS,
+    "model.input_normalisation": models.INPUT_NORMALISATIONS,
     "adv.mode": adversary.ADV_MODES,
     "adv.input": adversary.ADV_INPUTS,
     "loss.ce_normalise": losses.CE_NORMALISATIONS,
@@ -103,6 +105,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.mode == "train" and not (config.init_from or config.resume) and _real_data(config):
     if models.model_name(config.model) == "segformer":
       init_file, init_dir, why = "mit_b5.pth", "mit_b5", "DAFormer and MIC start from ImageNet"
+    elif config.model.get("resnet_variant", "caffe") == "v1c":
+      init_file, init_dir, why = ("resnet101_v1c-e67eebb6.pth", "resnet101_v1c",
+                                  "DAFormer and MIC start from open-mmlab://resnet101_v1c")
     else:
       init_file, init_dir, why = ("DeepLab_resnet_pretrained_init-f81d91e8.pth", "deeplab_init",
                                   "AdaptSegNet issues #35, #81")
@@ -114,6 +119,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"    then add --config.init_from=$HOME/weights/{init_dir} (docs/pretrained-weights.md); or --config.init_from={SCRATCH} to train from random weights on purpose")
   problems += methods.problems(config)
   problems += _segformer_problems(config)
+  cat_max_ratio = float(config.data.source.get("cat_max_ratio", 1.0))
+  if not 0.0 < cat_max_ratio <= 1.0:
+    problems.append(f"config.data.source.cat_max_ratio={cat_max_ratio} must lie in (0, 1] "
+                    "(DAFormer: 0.75; 1 = off)")
+  elif cat_max_ratio < 1.0 and config.data.source.get("pseudo_label_dir"):
+    problems.append("config.data.source.cat_max_ratio < 1 checks crops on the stored source "
+                    "labels; it cannot be combined with config.data.source.pseudo_label_dir")
   if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:
     problems.append(f"config.data.blur_probability={config.data.blur_probability} must lie in "
                     "[0, 1] (Toldo et al.: 0.5; 0 = off)")

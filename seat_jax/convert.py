@@ -1,8 +1,15 @@
-"""Imports PyTorch DeepLab-V2 / torchvision ResNet and MiT (SegFormer) weights into seat_jax
-Flax variables.
+"""Imports PyTorch DeepLab-V2 / torchvision ResNet, mmseg ResNetV1c and MiT (SegFormer) weights
+into seat_jax Flax variables.
 
     python -m seat_jax.convert --torch=FILE.pth --out=DIR
-        [--format=auto|deeplab|torchvision|mit|segformer_hf] [--overwrite]
+        [--format=auto|deeplab|torchvision|resnet_v1c|mit|segformer_hf] [--overwrite]
+
+ResNetV1c files: mmseg's `open-mmlab://resnet101_v1c` (resnet101_v1c-e67eebb6.pth, DAFormer's
+and MIC's DeepLabV2 init) or any mmseg segmentor with that backbone: keys stem.{0,1,3,4,6,7}.*
+(the deep stem's convs and BatchNorms) and torchvision-style layerN.i.{conv,bn}{1,2,3}.* /
+.downsample.{0,1}.*, with or without `backbone.`. They convert to `model.resnet_variant=v1c`,
+`model.input_normalisation=imagenet` variables, backbone only: an ImageNet classifier `fc.*` and
+mmseg heads (`decode_head.*`, `auxiliary_head.*`) are skipped.
 
 MiT files: mmsegmentation's `mit_b*.pth` (DAFormer's and MIC's init) or a Hugging Face
 `nvidia/mit-b*` download (its directory, model.safetensors or pytorch_model.bin); see
@@ -41,21 +48,26 @@ from seat_jax import cli
 from seat_jax import convert_mit
 from seat_jax import errors
 
-FORMATS = ("auto", "deeplab", "torchvision") + convert_mit.FORMATS
+FORMATS = ("auto", "deeplab", "torchvision", "resnet_v1c") + convert_mit.FORMATS
 UNDERSTOOD_FORMATS = (
     "a file written by torch.save holding a state_dict (bare, or wrapped as {'state_dict': ...} "
     "or {'model': ...}) of either (a) a DeepLab-V2 ResNet-101 in the AdaptSegNet/ADVENT layout "
     "(conv1.weight, bn1.*, layer1-4.*, optional heads layer5/layer6.conv2d_list.*, keys with or "
     "without a 'Scale.' prefix), or (b) a torchvision ResNet-101 (the same backbone keys plus "
-    "fc.*), or (c) an mmseg MiT mit_b*.pth (patch_embed1.proj.weight, block1.0.*, norm1.*), or "
-    "(d) a Hugging Face SegFormer (segformer.encoder.*; its directory, model.safetensors or "
-    "pytorch_model.bin)")
+    "fc.*), or (c) an mmseg ResNetV1c such as resnet101_v1c-e67eebb6.pth (stem.0.weight, "
+    "stem.1.*, ..., layer1-4.*, with or without 'backbone.'), or (d) an mmseg MiT mit_b*.pth "
+    "(patch_embed1.proj.weight, block1.0.*, norm1.*), or (e) a Hugging Face SegFormer "
+    "(segformer.encoder.*; its directory, model.safetensors or pytorch_model.bin)")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Prefixes that wrappers add in front of every key: the Caffe-converted DeepLab init uses
 # `Scale.`, nn.DataParallel uses `module.`.
 KEY_PREFIXES = ("module.", "Scale.")
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 HEAD_MODULES = {"aux_head": "layer5", "main_head": "layer6"}
+# A ResNetV1c file's tensors that the backbone-only conversion leaves out: ImageNet's classifier
+# and an mmseg segmentor's heads.
+V1C_SKIPPED_PREFIXES = ("fc.", "decode_head.", "auxiliary_head.")
+V1C_PREFIX = "backbone."  # an mmseg segmentor's backbone keys
 BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _MAX_LISTED = 25
 
@@ -173,12 +185,15 @@ def _strip_prefixes(key: str) -> str:
 
 
 def detect_format(keys: Sequence[str], source: str = "checkpoint") -> str:
-  """'mit' or 'segformer_hf' for MiT files (`convert_mit.detect`); 'torchvision' if the file has
-  the ImageNet classifier fc.*, 'deeplab' for a ResNet without it."""
+  """'mit' or 'segformer_hf' for MiT files (`convert_mit.detect`); 'resnet_v1c' for a deep stem
+  (stem.0.weight); 'torchvision' if the file has the ImageNet classifier fc.*, 'deeplab' for a
+  ResNet without it."""
   keys = set(keys)
   mit = convert_mit.detect(keys)
   if mit:
     return mit
+  if {"stem.0.weight", V1C_PREFIX + "stem.0.weight"} & keys:
+    return "resnet_v1c"
   if "conv1.weight" not in keys or not any(k.startswith("layer1.") for k in keys):
     sample = sorted(keys)[:5]
     raise CheckpointError(
@@ -189,8 +204,11 @@ def detect_format(keys: Sequence[str], source: str = "checkpoint") -> str:
 
 # ------------------------------------------------------------------ Flax name -> PyTorch name
 
+# The V1c deep stem's modules at their index in mmseg's nn.Sequential (ReLUs at 2, 5, 8).
+_V1C_STEM_INDEX = {"conv1": 0, "bn1": 1, "conv2": 3, "bn2": 4, "conv3": 6, "bn3": 7}
 _BACKBONE_PATTERNS = (
     (re.compile(r"^(conv1|bn1)$"), r"\1"),
+    (re.compile(r"^stem/((?:conv|bn)[123])$"), lambda m: f"stem.{_V1C_STEM_INDEX[m[1]]}"),
     (re.compile(r"^layer(\d)/block0/downsample_conv$"), r"layer\1.0.downsample.0"),
     (re.compile(r"^layer(\d)/block0/downsample_bn$"), r"layer\1.0.downsample.1"),
     (re.compile(r"^layer(\d)/block(\d+)/((?:conv|bn)\d)$"), r"layer\1.\2.\3"),
@@ -201,7 +219,8 @@ _HEAD_PATTERN = re.compile(r"^(aux_head|main_head)/branch(\d+)$")
 def torch_key(flax_path: Sequence[str]) -> str:
   """The PyTorch key holding the value of one Flax variable (model contract key mapping).
 
-  E.g. ('layer3', 'block0', 'downsample_bn', 'target_var') -> 'layer3.0.downsample.1.running_var'.
+  E.g. ('layer3', 'block0', 'downsample_bn', 'target_var') -> 'layer3.0.downsample.1.running_var';
+  ('stem', 'bn2', 'scale') -> 'stem.4.weight' (ResNetV1c).
   """
   *module_path, leaf = flax_path
   module = "/".join(module_path)
@@ -278,11 +297,26 @@ def init_head_params(model_config: Any, seed: int = 0) -> dict:
   return jax.jit(heads).lower(rng).compile(compiler_options=_FAST_COMPILE)(rng)
 
 
+def v1c_layout(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+  """(a ResNetV1c file's backbone tensors without `backbone.`, the keys it skips)."""
+  out, skipped = {}, []
+  for key, value in state.items():
+    if key.startswith(V1C_SKIPPED_PREFIXES):
+      skipped.append(key)
+      continue
+    name = key.removeprefix(V1C_PREFIX)
+    if name in out:
+      raise CheckpointError(f"key {name!r} appears with and without {V1C_PREFIX!r}.")
+    out[name] = value
+  return out, sorted(skipped)
+
+
 def infer_model_config(state: Mapping[str, np.ndarray], fmt: str) -> ml_collections.ConfigDict:
   """The model config of the file's own architecture, with plain BatchNorms.
 
   Blocks per stage from the `layerN.i.*` keys, the width from the stem conv, the class count
-  from the heads (19 when the file has none it can use).
+  from the heads (19 when the file has none it can use). ResNetV1c: the V1c variant with the
+  ImageNet normalisation its weights expect.
   """
   from seat_jax import config_defaults  # pylint: disable=g-import-not-at-top  (keeps --help fast)
   cfg = config_defaults.get_model_config()
@@ -295,8 +329,19 @@ def infer_model_config(state: Mapping[str, np.ndarray], fmt: str) -> ml_collecti
                             f"{UNDERSTOOD_FORMATS}.")
     stages.append(max(blocks) + 1)
   cfg.stage_sizes = tuple(stages)
-  cfg.base_width = int(state["conv1.weight"].shape[0])
   cfg.norm_mode = "shared"
+  if fmt == "resnet_v1c":
+    cfg.resnet_variant, cfg.input_normalisation = "v1c", "imagenet"
+    stem, planes = state.get("stem.6.weight"), state.get("layer1.0.conv1.weight")
+    if stem is None or planes is None or stem.shape[0] != planes.shape[0]:
+      raise CheckpointError(
+          "The ResNetV1c file's stem width (stem.6.weight) must equal layer1's planes "
+          "(layer1.0.conv1.weight), as in mmseg's ResNets (stem_channels = base_channels = 64); "
+          f"found {None if stem is None else stem.shape} and "
+          f"{None if planes is None else planes.shape}.")
+    cfg.base_width = int(planes.shape[0])
+    return cfg
+  cfg.base_width = int(state["conv1.weight"].shape[0])
   head = state.get("layer6.conv2d_list.0.weight", state.get("layer5.conv2d_list.0.weight"))
   if fmt == "deeplab" and head is not None and head.ndim == 4:
     cfg.num_classes = int(head.shape[0])
@@ -319,6 +364,9 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any = None
     fmt = detect_format(state.keys(), source)
   if fmt in convert_mit.FORMATS:
     return _convert_mit(state, model_config, fmt, seed, source, hf_config)
+  v1c_skipped = []
+  if fmt == "resnet_v1c":
+    state, v1c_skipped = v1c_layout(state)
   keep_random_heads = model_config is not None
   if model_config is None:
     model_config = infer_model_config(state, fmt)
@@ -329,8 +377,8 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_config: Any = None
       else {}
 
   ignored = sorted(k for k in state if k.endswith(IGNORED_SUFFIXES))
-  skipped = sorted(k for k in state if (fmt == "torchvision" and k.startswith("fc.")) or
-                   (not load_heads and _is_head(k)))
+  skipped = v1c_skipped + sorted(k for k in state if (fmt == "torchvision" and k.startswith("fc."))
+                                 or (not load_heads and _is_head(k)))
   used, missing, bad_shapes = set(), [], []
   out = {}
   for collection, tree in abstract.items():
@@ -425,6 +473,9 @@ def _head_decision(state: Mapping[str, np.ndarray], model_config: Any, fmt: str)
   """Whether the file's layer5/layer6 are this model's aux/main heads (else they stay random)."""
   if fmt == "torchvision":
     return False, "torchvision ImageNet backbone: fc.* skipped, no heads"
+  if fmt == "resnet_v1c":
+    return False, ("mmseg ResNetV1c backbone: no heads (fc.*, decode_head.*, auxiliary_head.* "
+                   "skipped)")
   if not any(_is_head(k) for k in state):
     return False, "the file has no layer5/layer6: no heads"
   aux_in = model_config.base_width * 16
@@ -458,7 +509,8 @@ def _raise_on_mismatch(source: str, fmt: str, missing: list[str], unexpected: li
                  f"{dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3))}) and --format.")
   else:
     parts.append("Check model.stage_sizes / base_width / num_classes against the file "
-                 "(ResNet-101 is stage_sizes=(3, 4, 23, 3), base_width=64) and --format.")
+                 "(ResNet-101 is stage_sizes=(3, 4, 23, 3), base_width=64), "
+                 "model.resnet_variant (v1c for a stem.* file, caffe for conv1.*) and --format.")
   raise CheckpointError("\n".join(parts))
 
 
@@ -558,10 +610,20 @@ def run(argv: Sequence[str]) -> int:
         f"  ignored:           {len(result.ignored_keys)} num_batches_tracked\n"
         f"  heads:             {result.heads_note}\n"
         f"  model parameters:  {result.num_params:,}\n"
-        f"Every {'SegFormer ' if result.format in convert_mit.FORMATS else ''}preset starts "
-        f"from it: --config.init_from={os.path.abspath(_OUT.value)} (its norms fill each domain "
+        f"{_presets_of(result.format)} start from it: "
+        f"--config.init_from={os.path.abspath(_OUT.value)} (its norms fill each domain "
         "slot; heads it lacks for the preset start fresh).")
   return 0
+
+
+def _presets_of(fmt: str) -> str:
+  """Which presets a conversion of format `fmt` starts."""
+  if fmt in convert_mit.FORMATS:
+    return "Every SegFormer preset (model.name=segformer)"
+  if fmt == "resnet_v1c":
+    return ("The DeepLabV2 presets with model.resnet_variant=v1c (configs/*.py:daformer_dlv2*, "
+            ":mic_dlv2*)")
+  return "Every DeepLabV2 preset with the Caffe ResNet (model.resnet_variant=caffe)"
 
 
 def _model_line(cfg, with_heads: bool) -> str:
@@ -570,7 +632,10 @@ def _model_line(cfg, with_heads: bool) -> str:
     return (f"SegFormer MiT embed_dims {tuple(cfg.mit.embed_dims)}, depths "
             f"{tuple(cfg.mit.depths)}, " + (f"{cfg.decoder.name} decoder for {cfg.num_classes} "
                                              "classes" if with_heads else "encoder only"))
-  return f"stage_sizes {tuple(cfg.stage_sizes)}, base_width {cfg.base_width}, " + heads
+  variant = "ResNetV1c (ImageNet input normalisation), " if cfg.get(
+      "resnet_variant", "caffe") == "v1c" else ""
+  return (f"{variant}stage_sizes {tuple(cfg.stage_sizes)}, base_width {cfg.base_width}, "
+          + heads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

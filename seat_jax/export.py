@@ -17,8 +17,9 @@ Writes into --out:
                    checkpoint step, and the run's mIoU when it was evaluated.
 
 The function: `images` uint8 RGB [N, H, W, 3] -> `labels` uint8 [N, H, W] (class ids) and
-`logits` float32 [N, H, W, C] (the main head's, upsampled bilinearly with align_corners=True to
-the input's size). It normalises the images itself (RGB -> BGR minus the Caffe mean) and uses the
+`logits` float32 [N, H, W, C] (the main head's, upsampled bilinearly to the input's size as the
+model's reference does: `models.upsample_logits`). It normalises the images itself (RGB -> BGR
+minus the Caffe mean; the network maps that on to what its weights expect) and uses the
 preset's norms and layer switch baked in, exactly as `predict` does in evaluation and
 `seat_jax.segment`. Batch, height and width are all symbolic: one artifact takes any batch and
 any size of at least 16 pixels a side (the network's shape arithmetic, the ceil-mode pooling
@@ -155,8 +156,13 @@ def model_card(restored: segment.Restored, config, preset: str, files: dict[str,
   import jax  # pylint: disable=g-import-not-at-top
   from seat_jax import device_preprocessing  # pylint: disable=g-import-not-at-top
   from seat_jax import predict  # pylint: disable=g-import-not-at-top
+  from seat_jax import models  # pylint: disable=g-import-not-at-top
   space = restored.space
   height, width = restored.trained_hw
+  segmenter = models.build_segmenter(config.model)
+  resize = ("align_corners=True" if getattr(segmenter, "align_corners", True)
+            else "half-pixel centres, align_corners=False")
+  weights_input = str(getattr(segmenter, "input_normalisation", "caffe"))
   return {
       "card_version": CARD_VERSION,
       "preset": preset,
@@ -179,7 +185,9 @@ def model_card(restored: segment.Restored, config, preset: str, files: dict[str,
           "shape": ["batch", "height", "width", 3],
           "channels": "RGB, 0-255",
           "normalisation": "inside the function: RGB -> BGR, minus the Caffe ImageNet mean "
-                           "(B, G, R) below, no division by a standard deviation",
+                           "(B, G, R) below, no division by a standard deviation" + (
+                               "; the network then maps that to RGB with the ImageNet mean/std "
+                               "its weights expect" if weights_input == "imagenet" else ""),
           "mean_bgr": [float(v) for v in device_preprocessing.CAFFE_MEAN_BGR],
           "min_side": predict.MIN_INPUT_SIDE,
           "scale": {
@@ -193,7 +201,7 @@ def model_card(restored: segment.Restored, config, preset: str, files: dict[str,
           "labels": "uint8 [batch, height, width]: class ids (index into classes), at the "
                     "input's size",
           "logits": "float32 [batch, height, width, num_classes]: the main head's logits, "
-                    "upsampled bilinearly (align_corners=True) to the input's size",
+                    f"upsampled bilinearly ({resize}) to the input's size",
       },
       "checkpoint": {"directory": os.path.abspath(os.fspath(restored.directory)),
                      "step": restored.step},

@@ -72,6 +72,9 @@ CAFFE_MEAN_BGR = dp.CAFFE_MEAN_BGR
 PREPROCESS_ON = ("device", "host")
 # config.data.worker_count: this value picks the count with `auto_worker_count`.
 AUTO_WORKERS = -1
+# mmseg's RandomCrop with cat_max_ratio < 1 checks a crop and redraws it at most this often; the
+# last redraw stands unchecked (lhoyer/DAFormer mmseg/datasets/pipelines/transforms.py).
+CAT_MAX_TRIES = 10
 
 # The keys of the global batch the train step reads.
 SOURCE_IMAGE, SOURCE_LABEL = batch_keys.SOURCE_IMAGE, batch_keys.SOURCE_LABEL
@@ -193,6 +196,32 @@ def read_pseudo_label(pseudo_label_dir: str, example_id: str,
 
 
 # ---------------------------------------------------------------------------------------------
+# Crop checks.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CategoryRatioCheck:
+  """mmseg RandomCrop's `cat_max_ratio` (DAFormer's source crops: 0.75): a crop is kept when it
+  holds at least two classes and the largest covers less than `max_ratio` of its labelled
+  pixels (255 not counted); else it is redrawn, at most CAT_MAX_TRIES times.
+
+  Pixels are counted on the label at resize_hw (nearest) in the model's label space, as the crop
+  sees it; the same map serves rare class sampling's check (`rcs.CropCheck`).
+  """
+  max_ratio: float
+  label_lut: np.ndarray | None = None
+
+  def label_at(self, label: np.ndarray, resize_hw: Sequence[int]) -> np.ndarray:
+    """The stored uint8 [H, W] label at `resize_hw` in the label space."""
+    return rcs.CropCheck(0, self.label_lut).label_at(label, resize_hw)
+
+  def accepts(self, window: np.ndarray) -> bool:
+    counts = np.bincount(window.ravel(), minlength=256)[:labels.IGNORE_ID]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < self.max_ratio
+
+
+# ---------------------------------------------------------------------------------------------
 # Grain transforms (picklable, so they run in mp_prefetch workers too).
 
 
@@ -217,12 +246,13 @@ class TrainTransform(grain.transforms.RandomMap):
   domain: str = "target"  # whose config key error messages name
   rcs_crop: rcs.CropCheck | None = None  # rare class sampling: redraw crops missing the class
   blur_probability: float = 0.0  # Gaussian blur with sigma U(0, dp.BLUR_MAX_SIGMA) this often
+  cat_max: CategoryRatioCheck | None = None  # redraw crops one class dominates (mmseg)
 
   def random_map(self, example, rng: np.random.Generator):
     stored_label = self.with_label and not self.pseudo_label_dir
     image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
                                              allow_rescaled=True)
-    top, left, flipped, fda_index, blur_sigma = self.draw(rng, *self._rcs_target(example, label))
+    top, left, flipped, fda_index, blur_sigma = self.draw(rng, *self._crop_checks(example, label))
     stored_hw = image.shape[:2]
     image = resize_image(image, self.resize_hw)
     if self.pseudo_label_dir:
@@ -248,15 +278,17 @@ class TrainTransform(grain.transforms.RandomMap):
       out["label"] = label.astype(np.int32)
     return out
 
-  def draw(self, rng: np.random.Generator, rcs_label: np.ndarray | None = None,
+  def draw(self, rng: np.random.Generator, crop_label: np.ndarray | None = None,
            rcs_class: int | None = None) -> tuple[int, int, bool, int | None, float]:
     """(crop top, crop left, flip, FDA partner index or None, blur sigma): every random choice
     of an example.
 
     Both preprocessing paths draw through here, in this order, so they see the same numbers.
-    With rare class sampling (`rcs_label`: the label at resize_hw, `rcs_class`: the class drawn
-    for this example) the crop is redrawn, up to rcs.CROP_TRIES draws, until `rcs_crop` finds
-    enough of the class in it; the last draw stands if none does.
+    `crop_label` is the label at resize_hw in the label space when a crop check needs it. With
+    `cat_max` each crop is mmseg's RandomCrop: redrawn while the check rejects it, at most
+    CAT_MAX_TRIES times. With rare class sampling (`rcs_class`: the class drawn for this example)
+    that crop is redrawn, up to rcs.CROP_TRIES times, until `rcs_crop` finds enough of the class
+    in it; the last one stands if none does (DAFormer reruns the pipeline, RandomCrop included).
     """
     top = left = 0
     if self.crop_hw:
@@ -264,10 +296,9 @@ class TrainTransform(grain.transforms.RandomMap):
       if crop_h > height or crop_w > width:
         raise ValueError(
             f"{self.dataset}: crop_hw {self.crop_hw} is larger than resize_hw {self.resize_hw}.")
-      for _ in range(rcs.CROP_TRIES if rcs_label is not None else 1):
-        top = int(rng.integers(0, height - crop_h + 1))
-        left = int(rng.integers(0, width - crop_w + 1))
-        if rcs_label is not None and self.rcs_crop.holds(rcs_label, rcs_class, top, left,
+      for _ in range(rcs.CROP_TRIES if rcs_class is not None else 1):
+        top, left = self._random_crop(rng, crop_label)
+        if rcs_class is not None and self.rcs_crop.holds(crop_label, rcs_class, top, left,
                                                          self.crop_hw):
           break
     flipped = bool(self.flip and rng.random() < 0.5)
@@ -280,11 +311,33 @@ class TrainTransform(grain.transforms.RandomMap):
       blur_sigma = float(rng.random() * dp.BLUR_MAX_SIGMA) if blurred else 0.0
     return top, left, flipped, fda_index, blur_sigma
 
-  def _rcs_target(self, example, label) -> tuple[np.ndarray | None, int | None]:
-    """(label at resize_hw, drawn class) for `draw`'s crop check; (None, None): no check."""
-    if self.rcs_crop is None or not self.crop_hw or label is None or rcs.CLASS_KEY not in example:
+  def _random_crop(self, rng: np.random.Generator, crop_label: np.ndarray | None
+                   ) -> tuple[int, int]:
+    """(top, left) of one crop: a uniform draw, redrawn by `cat_max` as mmseg's RandomCrop."""
+    (height, width), (crop_h, crop_w) = self.resize_hw, self.crop_hw
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    if self.cat_max is not None and crop_label is not None:
+      for _ in range(CAT_MAX_TRIES):
+        if self.cat_max.accepts(crop_label[top:top + crop_h, left:left + crop_w]):
+          break
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+    return top, left
+
+  def _crop_checks(self, example, label) -> tuple[np.ndarray | None, int | None]:
+    """(label at resize_hw in the label space, drawn RCS class) for `draw`'s crop checks; None
+    for what no check needs."""
+    if not self.crop_hw or label is None:
       return None, None
-    return self.rcs_crop.label_at(label, self.resize_hw), int(example[rcs.CLASS_KEY])
+    rcs_class = None
+    if self.rcs_crop is not None and rcs.CLASS_KEY in example:
+      rcs_class = int(example[rcs.CLASS_KEY])
+    if self.cat_max is not None:
+      return self.cat_max.label_at(label, self.resize_hw), rcs_class
+    if rcs_class is not None:
+      return self.rcs_crop.label_at(label, self.resize_hw), rcs_class
+    return None, None
 
   def _pseudo_label(self, example_id: str, stored_hw) -> np.ndarray:
     label = read_pseudo_label(self.pseudo_label_dir, example_id, self.domain)
@@ -324,7 +377,7 @@ class RawTrainTransform(TrainTransform):
     stored_label = self.with_label and not self.pseudo_label_dir
     image, label, example_id = _read_example(example, self.dataset, with_label=stored_label,
                                              allow_rescaled=True)
-    top, left, flipped, fda_index, blur_sigma = self.draw(rng, *self._rcs_target(example, label))
+    top, left, flipped, fda_index, blur_sigma = self.draw(rng, *self._crop_checks(example, label))
     out = {dp.IMAGE: _at_size(image, self.image_hw, resize_image),
            dp.CROP: np.array([top, left], np.int32), dp.FLIP: np.bool_(flipped)}
     if self.blur_probability > 0:
@@ -631,6 +684,18 @@ def _rare_class_sampling(config, domain: str, data_source, from_tfds: bool, labe
   return sampling, crop
 
 
+def _category_ratio_check(config, domain: str, labels_from: str) -> CategoryRatioCheck | None:
+  """The source stream's crop check when config.data.source.cat_max_ratio < 1, else None."""
+  ratio = float(config.data.source.get("cat_max_ratio", 1.0))
+  if domain != "source" or ratio >= 1.0 or not config.data.source.get("crop_hw"):
+    return None
+  if labels_from:
+    raise errors.UsageError(
+        "config.data.source.cat_max_ratio < 1 checks crops on the stored source labels; it "
+        "cannot be combined with config.data.source.pseudo_label_dir. Set cat_max_ratio=1.")
+  return CategoryRatioCheck(ratio, label_lut(config.data.label_space, config.data.source.name))
+
+
 def create_train_iterator(
     config,
     domain: str,
@@ -669,11 +734,12 @@ def create_train_iterator(
   desc = _dataset_desc(split_config)
   rcs_sampling, rcs_crop = _rare_class_sampling(config, domain, data_source, from_tfds,
                                                 labels_from)
+  cat_max = _category_ratio_check(config, domain, labels_from)
   common = dict(
       dataset=desc, resize_hw=resize_hw, crop_hw=crop_hw, flip=bool(config.data.get("flip", False)),
       with_label=with_label, pseudo_label_dir=labels_from,
       fda_beta=float(config.data.get("fda_beta", 0.0)) if fda_data_source is not None else 0.0,
-      fda_images=fda_data_source, domain=domain, rcs_crop=rcs_crop,
+      fda_images=fda_data_source, domain=domain, rcs_crop=rcs_crop, cat_max=cat_max,
       blur_probability=float(config.data.get("blur_probability", 0.0)))
   if on_device:
     transform = RawTrainTransform(

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Paths of every SEAT norm's affine parameters (stem bn1, bottleneck bn1-3, downsample_bn).
+# Paths of every SEAT norm's affine parameters (stem bn1 or V1c stem/bn1-3, bottleneck bn1-3,
+# downsample_bn).
 BN_AFFINE_PATTERN = r"(^|/)(bn\d|downsample_bn)/"
 
 

@@ -3,8 +3,9 @@
 Evaluation, pseudo-labels and the periodic evaluation in training all predict the same way: the
 segmenter in eval mode with the TARGET norms, except the stages of the layer switch
 (`config.eval.source_stages`, paper section 5.2) which use the source norms; the main head only;
-bilinear upsampling as the model's reference does it (align_corners=True for DeepLabV2, half-pixel
-centres for SegFormer: `models.upsample_logits`). They differ only in what they keep:
+bilinear upsampling as the model's reference does it (align_corners=True for the Caffe
+DeepLabV2, half-pixel centres for mmseg's V1c DeepLabV2 and SegFormer: `models.upsample_logits`).
+They differ only in what they keep:
 
   labels:     argmax of the main logits upsampled to `out_hw` (evaluation: the label's full
               resolution, as the references evaluate);

@@ -84,8 +84,9 @@ def initialise(trainer: train_step.Trainer, workdir: epath.Path,
     return state, elapsed, f"resumed from config.resume={config.resume} at step {int(state.step)}"
   state = train_step.create_state(trainer, config.seed)
   if config.init_from == config_validation.SCRATCH:
-    return state, 0.0, ("initialised from scratch (random weights, as asked by "
-                        f"config.init_from={config_validation.SCRATCH!r})")
+    return load_method_files(trainer, state), 0.0, (
+        "initialised from scratch (random weights, as asked by "
+        f"config.init_from={config_validation.SCRATCH!r})")
   if config.init_from:
     variables, report = load_init(trainer, state)
     # Optimiser and discriminator states stay fresh: a warm start, not a resume. The teacher
@@ -94,9 +95,33 @@ def initialise(trainer: train_step.Trainer, workdir: epath.Path,
                           method_state=jax.jit(
                               functools.partial(train_step.init_method_state, trainer),
                               out_shardings=trainer.replicated)(variables))
-    return state, 0.0, (f"initialised the segmenter from config.init_from={config.init_from}: "
-                        f"{report.summary()}")
-  return state, 0.0, "initialised from scratch (random weights)"
+    return load_method_files(trainer, state), 0.0, (
+        f"initialised the segmenter from config.init_from={config.init_from}: "
+        f"{report.summary()}")
+  return load_method_files(trainer, state), 0.0, "initialised from scratch (random weights)"
+
+
+def load_method_files(trainer: train_step.Trainer, state: TrainState) -> TrainState:
+  """`state` with the method state the config reads from files (`Method.load_state`: DAFormer's
+  feature-distance reference, config.mix.fd_reference), fitted into this segmenter as
+  `init_from` is; heads such a file lacks are taken from `state`'s."""
+  def restore(path: str, config_key: str):
+    try:
+      directory, step = checkpointing.resolve(path)
+      variables, report = checkpointing.restore_fitted(
+          directory, train_step.abstract_state(trainer).model_variables(), step,
+          fresh=jax.device_get(state.model_variables()),
+          init_domain=trainer.config.get("init_domain", ""))
+    except errors.UserError as e:
+      raise type(e)(f"{config_key}={path}: {e}") from None
+    if jax.process_index() == 0:
+      print(f"seat_jax: {config_key}: read {path}: {report.summary()}", flush=True)
+    return variables
+
+  method_state = dict(state.method_state)
+  for method in trainer.opts.methods:
+    method_state = method.load_state(method_state, restore)
+  return state.replace(method_state=method_state)
 
 
 def load_init(trainer: train_step.Trainer, state: TrainState):

@@ -28,8 +28,8 @@ from seat_jax import errors
 
 HEADS = ("aux_head", "main_head", "decode_head")  # DeepLabV2's two, SegFormer's one
 DOMAINS = ("source", "target")
-# DeepLabV2's BatchNorms (bn1-3, downsample_bn), SegFormer's LayerNorms (norm, norm1-4) and its
-# decoder's BatchNorms (bn).
+# DeepLabV2's BatchNorms (bn1-3, V1c stem/bn1-3, downsample_bn), SegFormer's LayerNorms (norm,
+# norm1-4) and its decoder's BatchNorms (bn).
 _NORM_MODULE = re.compile(r"^(bn\d*|downsample_bn|norm\d*)$")
 _NORM_KINDS = ("scale", "bias", "mean", "var")
 
@@ -219,8 +219,9 @@ def _raise_problems(source, missing, shapes, unused, ambiguous, head_problems) -
   lines = []
   if missing or shapes or unused:
     lines.append(f"{source} holds a different model than the config describes (check "
-                 "model.name, model.stage_sizes and model.base_width, or model.mit.*, against "
-                 "the stored model):")
+                 "model.name, model.resnet_variant (caffe: conv1, v1c: stem/*), "
+                 "model.stage_sizes and model.base_width, or model.mit.*, against the stored "
+                 "model):")
     if missing:
       lines.append(f"  {len(missing)} modules of this model are not stored: "
                    f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")

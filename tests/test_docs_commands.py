@@ -13,8 +13,8 @@ formats (data_builders/*/make_fake_data.py; the Cityscapes train images carry id
 al.'s train list, which the clustering presets read); `/data/tfds` and `/ckpt` are empty
 folders there; `DeepLab_resnet_pretrained_init-f81d91e8.pth` and `resnet101-63fe2227.pth` are
 tiny PyTorch files in the layouts of the DeepLab COCO init (a `layer5` classifier on layer4) and
-of torchvision's ResNet; `mit_b5.pth` and `mit-b5/` a tiny random MiT in mmseg's and Hugging
-Face's layouts; `configs/` is the repository's. Before the first command that reads
+of torchvision's ResNet; `resnet101_v1c-e67eebb6.pth` a tiny mmseg ResNetV1c as open-mmlab
+stores it; `mit_b5.pth` and `mit-b5/` a tiny random MiT in mmseg's and Hugging Face's layouts; `configs/` is the repository's. Before the first command that reads
 `demo_workdir/` (the model-use page), a small stand-in of what `make demo` leaves is made: the
 demo's SEAT row trained for two steps, and its target images and clip.
 
@@ -160,7 +160,18 @@ def _fake_inits(root: pathlib.Path) -> None:
   torch.save(tref.deeplab_init_state_dict(model, 21),
              str(root / "DeepLab_resnet_pretrained_init-f81d91e8.pth"))
   torch.save(tref.torchvision_state_dict(model), str(root / "resnet101-63fe2227.pth"))
+  _fake_v1c_init(root)
   _fake_mit_inits(root)
+
+
+def _fake_v1c_init(root: pathlib.Path) -> None:
+  """A tiny random mmseg ResNetV1c (width 8, as TINY) saved as open-mmlab's resnet101_v1c:
+  {'state_dict': ..., 'meta': ...} with an ImageNet classifier, for docs/pretrained-weights.md."""
+  import test_resnet_v1c  # pylint: disable=g-import-not-at-top
+  model = test_resnet_v1c.ResNetV1c((1, 1, 1, 1), stem_channels=8, base_channels=8)
+  state = dict(model.state_dict())
+  state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 8 * 8 * 4), torch.zeros(1000)
+  torch.save({"state_dict": state, "meta": {}}, str(root / "resnet101_v1c-e67eebb6.pth"))
 
 
 def _fake_mit_inits(root: pathlib.Path) -> None:

@@ -14,7 +14,9 @@ from PIL import Image
 
 import helpers
 from seat_jax import config_defaults
+from seat_jax import config_validation
 from seat_jax import datasets
+from seat_jax import errors
 from seat_jax import fda
 from seat_jax import input_pipeline as ip
 
@@ -407,3 +409,102 @@ def test_unprepared_gta5_through_the_real_get_builder(tmp_path):
           f"--manual_dir=<folder with the raw gta5 files> --data_dir={tmp_path}") in message
   assert datasets.prepare_command("synthetic_streets", "target", "/d") == (
       "python -m seat_jax.prepare_data synthetic_streets --builder_config=target --data_dir=/d")
+
+
+# ---------------------------------------------------------------------------------------------
+# mmseg's cat_max_ratio crop check (DAFormer's source crops).
+
+
+def test_cat_max_ratio_keeps_crops_like_mmseg_random_crop():
+  """Kept: two or more classes and the largest under the ratio of the labelled pixels."""
+  check = ip.CategoryRatioCheck(0.75)
+  window = np.zeros((4, 5), np.uint8)
+  assert not check.accepts(window)  # one class
+  window[:, 4] = 1  # 16 : 4 -> 0.8
+  assert not check.accepts(window)
+  window[0, 3] = 1  # 15 : 5 -> 0.75, not below it
+  assert not check.accepts(window)
+  window[1, 3] = 1  # 14 : 6 -> 0.7
+  assert check.accepts(window)
+  window[2:, :3] = 255  # 255 does not count: 8 : 6 -> 0.57 ...
+  assert check.accepts(window)
+  window[:, 3:] = 255  # ... and 6 : 0 is one class
+  assert not check.accepts(window)
+  assert not check.accepts(np.full((4, 5), 255, np.uint8))
+
+
+class _ScriptedRng:
+  """An rng whose integer draws are given in advance (the crop's top and left in turn)."""
+
+  def __init__(self, values):
+    self.values, self.calls = list(values), 0
+
+  def integers(self, low, high):
+    value = self.values.pop(0)
+    assert low <= value < high
+    self.calls += 1
+    return value
+
+
+def _cat_max_transform(ratio, lut=None, **kw):
+  check = ip.CategoryRatioCheck(ratio, lut) if ratio < 1 else None
+  return ip.TrainTransform(dataset="t", resize_hw=(20, 40), crop_hw=(20, 20), cat_max=check,
+                           **kw)
+
+
+def test_cat_max_ratio_redraws_a_crop_at_most_ten_times():
+  """Class 1 fills columns 0-9 of a 20x40 label, class 0 the rest: a 20x20 crop at `left` keeps
+  class 0 below 0.75 only for left < 5. mmseg checks the first draw and up to 9 redraws and
+  keeps the 11th draw unchecked."""
+  label = np.zeros((20, 40), np.uint8)
+  label[:, :10] = 1
+  transform = _cat_max_transform(0.75)
+  rng = _ScriptedRng([0, 15, 0, 12, 0, 4, 0, 0])
+  assert transform.draw(rng, label)[:2] == (0, 4) and rng.calls == 6
+  rng = _ScriptedRng([0, 5] * 10 + [0, 20, 0, 0])  # 5: 0.75 exactly, rejected
+  assert transform.draw(rng, label)[:2] == (0, 20) and rng.calls == 22
+  rng = _ScriptedRng([0, 20, 0, 0])  # off (ratio 1): one draw, whatever the label
+  assert _cat_max_transform(1.0).draw(rng, label)[:2] == (0, 20) and rng.calls == 2
+
+
+def test_cat_max_ratio_counts_the_label_space_on_both_paths():
+  """The check sees the stored label resized to resize_hw and mapped by the label space's LUT:
+  stored ids 7 and 8 are two classes under one LUT and one class under another. Host and device
+  paths take the same crop."""
+  stored = np.full((10, 20, 1), 7, np.uint8)
+  stored[:, :5] = 8  # at resize_hw (20, 40): columns 0-9
+  example = {"image": np.zeros((10, 20, 3), np.uint8), "label": stored, "id": "a"}
+  two, one = np.full(256, 255, np.uint8), np.full(256, 255, np.uint8)
+  two[[7, 8]] = (0, 1)
+  one[[7, 8]] = 0
+  script = [0, 0] + [0, 12] * 9 + [0, 3] + [0, 0]
+  rng = _ScriptedRng(script)
+  out = _cat_max_transform(0.75, two, label_lut=two).random_map(example, rng)
+  assert rng.calls == 2 and out["label"].shape == (20, 20)
+  assert (out["label"][:, :10] == 1).all() and (out["label"][:, 10:] == 0).all()
+  for transform in (_cat_max_transform(0.75, one, label_lut=one),
+                    ip.RawTrainTransform(dataset="t", resize_hw=(20, 40), crop_hw=(20, 20),
+                                         cat_max=ip.CategoryRatioCheck(0.75, one),
+                                         image_hw=(10, 20), label_hw=(10, 20))):
+    rng = _ScriptedRng(script)
+    out = transform.random_map(example, rng)
+    assert rng.calls == 22  # every crop holds one class: the 11th draw stands
+    if "crop" in out:
+      assert out["crop"].tolist() == [0, 3]
+    else:
+      assert (out["label"] == 0).all()
+
+
+def test_cat_max_ratio_config_applies_to_source_crops_only():
+  config = _config()
+  assert ip._category_ratio_check(config, "source", "") is None  # the default 1.0: off
+  config.data.source.cat_max_ratio = 0.75
+  check = ip._category_ratio_check(config, "source", "")
+  assert check.max_ratio == 0.75
+  assert ip._category_ratio_check(config, "target", "") is None
+  with pytest.raises(errors.UsageError, match="pseudo_label_dir"):
+    ip._category_ratio_check(config, "source", "/some/labels")
+  for bad in (0.0, 1.5):
+    config.data.source.cat_max_ratio = bad
+    with pytest.raises(config_validation.ConfigError, match="cat_max_ratio"):
+      config_validation.validate(config)

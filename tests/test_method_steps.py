@@ -14,6 +14,8 @@ import pytest
 
 import helpers
 from seat_jax import checkpointing
+from seat_jax import errors
+from seat_jax import models
 from seat_jax import optim
 from seat_jax import train
 from seat_jax import train_step
@@ -160,3 +162,45 @@ def test_mixing_run_with_rcs_resumes_teacher_and_student_exactly(synthetic_data_
   assert set(stored[0]) >= {checkpointing.MODEL, "method_state"}
   assert set(stored[0]["method_state"]) == {"teacher", "fd_reference"}
   jax.tree.map(np.testing.assert_array_equal, stored[0], stored[1])
+
+
+def test_fd_reference_reads_the_named_checkpoint_at_a_fresh_start(tmp_path):
+  """mix.fd_reference=<checkpoint>: the feature distance's frozen reference holds that
+  checkpoint's variables (a plain-BN one fills every SEAT slot, as init_from does), not the
+  initial model; `init` keeps the copy; a missing folder or another model fails naming the key."""
+  config = _config(mix__enabled=True, mix__fd_weight=0.005)
+  trainer = train_step.build_trainer(config)
+  state = train_step.create_state(trainer, 0)
+  kept = train.load_method_files(trainer, state).method_state
+  jax.tree.map(np.testing.assert_array_equal, kept["fd_reference"], state.model_variables())
+
+  plain = config.model.copy_and_resolve_references()
+  plain.norm_mode = "shared"
+  stored = helpers.random_variables(models.build_segmenter(plain), 5)
+  checkpointing.save_variables(tmp_path / "reference", stored, {})
+  config.mix.fd_reference = str(tmp_path / "reference")
+  trainer = train_step.build_trainer(config)
+  loaded = train.load_method_files(trainer, state).method_state
+  jax.tree.map(np.testing.assert_array_equal, loaded["teacher"], kept["teacher"])
+  for collection, leaf in (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"),
+                           ("batch_stats", "var")):
+    want = stored[collection]["layer4"]["block0"]["bn3"][leaf]
+    for domain in ("source", "target"):
+      got = loaded["fd_reference"][collection]["layer4"]["block0"]["bn3"][f"{domain}_{leaf}"]
+      np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(loaded["fd_reference"]["params"]["layer2"]["block0"]["conv2"]
+                                ["kernel"], stored["params"]["layer2"]["block0"]["conv2"]["kernel"])
+  assert not np.array_equal(loaded["fd_reference"]["params"]["conv1"]["kernel"],
+                            state.params["conv1"]["kernel"])
+
+  config.mix.fd_reference = str(tmp_path / "nowhere")
+  with pytest.raises(checkpointing.CheckpointNotFoundError,
+                     match=f"config.mix.fd_reference={tmp_path / 'nowhere'}: No checkpoint"):
+    train.load_method_files(train_step.build_trainer(config), state)
+  plain.base_width = 16
+  checkpointing.save_variables(tmp_path / "wider", helpers.random_variables(
+      models.build_segmenter(plain), 5), {})
+  config.mix.fd_reference = str(tmp_path / "wider")
+  with pytest.raises(errors.InvalidInputError,
+                     match="config.mix.fd_reference=.*wider.*holds a different model"):
+    train.load_method_files(train_step.build_trainer(config), state)

@@ -12,6 +12,7 @@ from seat_jax import cli
 from seat_jax import config_validation
 from seat_jax import errors
 from seat_jax import labels
+from seat_jax import models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FDA = ("fda_b001", "fda_b005", "fda_b009", "fda_b001_seat", "fda_b005_seat", "fda_b009_seat")
@@ -276,6 +277,31 @@ def test_clustering_follows_udaclustering(name, weights):
   ids = pathlib.Path(adapt.data.target.ids_file).read_text().split()
   assert len(ids) == len(set(ids)) == 2475
   assert ids[0] == "aachen_000000_000019" and "dusseldorf_000010_000019" not in ids  # val.txt
+
+
+@pytest.mark.parametrize("name", ["gta.py", "synthia.py"])
+def test_daformer_and_mic_deeplabv2_rows_are_mmseg_deeplabv2(name):
+  """DAFormer's and MIC's DeepLabV2 (lhoyer/DAFormer experiments.py: dlv2red with r101v1c,
+  init open-mmlab://resnet101_v1c; the dataset configs: ImageNet mean/std RGB, source
+  RandomCrop cat_max_ratio=0.75, GTA Resize (1280, 720) keeping GTA5's 1914x1052 ratio; the
+  feature distance against that ImageNet init in eval mode). DACS and the others keep
+  AdaptSegNet's Caffe DeepLab."""
+  for row in ("daformer_dlv2", "daformer_dlv2_seat", "mic_dlv2", "mic_dlv2_seat"):
+    config = load(name, row)
+    assert (config.model.resnet_variant, config.model.input_normalisation) == ("v1c", "imagenet")
+    assert config.data.source.cat_max_ratio == 0.75
+    assert tuple(config.data.source.resize_hw) == (
+        (704, 1280) if name == "gta.py" else (760, 1280))
+    assert config.mix.fd_reference == "init" and config.mix.fd_weight == 0.005
+    assert models.build_segmenter(config.model).align_corners is False  # mmseg's resize
+    with pytest.raises(errors.UsageError, match=r"(?s)init_from is empty.*resnet101_v1c"):
+      config_validation.validate(config)
+  for row in ("dacs", "dacs_seat", "mul", "daformer"):
+    config = load(name, row)
+    assert (config.model.resnet_variant, config.model.input_normalisation) == ("caffe", "caffe")
+    assert config.data.source.cat_max_ratio == 1.0
+  assert tuple(load(name, "dacs").data.source.resize_hw) == (
+      (720, 1280) if name == "gta.py" else (760, 1280))
 
 
 @pytest.mark.parametrize("name", ["gta.py", "synthia.py"])

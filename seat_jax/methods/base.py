@@ -4,7 +4,8 @@ A method is a class in its own module under `seat_jax/methods/`. It owns its con
 (`add_config`, `problems`), says when it is on (`enabled`) and which of its config values are
 runtime loss weights (`weights`, so changing one does not recompile), holds its static options
 (the instance, built by `from_config`), its state between steps (`init_state`: a teacher, a
-memory bank, a frozen reference model) and its loss terms:
+memory bank, a frozen reference model; `load_state`: parts of it read from a file the config
+names) and its loss terms:
 
   source_terms(ctx)  after the source pass (the source outputs and features are in `ctx`);
                      a method may run forward passes of its own (mixed or masked images),
@@ -124,6 +125,14 @@ class Method:
     """State kept between steps for a segmenter starting from `variables` (copies only)."""
     del variables
     return {}
+
+  def load_state(self, method_state: dict[str, PyTree],
+                 restore: Callable[[str, str], PyTree]) -> dict[str, PyTree]:
+    """`method_state` with what the config asks to read from files (a reference model), at a
+    fresh start; a resumed run has it in its checkpoint. `restore(path, config_key)` gives that
+    checkpoint's model variables fitted into this segmenter (errors name `config_key`)."""
+    del restore
+    return method_state
 
   def source_terms(self, ctx: StepContext) -> Terms:
     del ctx

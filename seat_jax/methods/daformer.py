@@ -139,17 +139,38 @@ def feature_distance_loss(student_feat, imagenet_feat, source_labels, thing_clas
 # The step's plug-in.
 
 
+# config mix.fd_reference: the frozen model the feature distance anchors to is a copy of the
+# segmenter as training starts (DAFormer's `imnet_model` is the same ImageNet init, built from
+# the same config), unless the value names a checkpoint to read instead.
+FD_REFERENCE_INIT = "init"
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureDistance(base.Method):
-  """DAFormer's FD on the source pass: thing-class layer4 features stay near a frozen copy of the
-  initial model (its state `fd_reference`, evaluated with the source norms in eval mode)."""
+  """DAFormer's FD on the source pass: thing-class layer4 features stay near a frozen reference
+  model (its state `fd_reference`, evaluated with the source norms in eval mode): a copy of the
+  initial model, or the checkpoint `reference` names (read once at a fresh start; a resumed
+  run takes it from its checkpoint)."""
   label_space: str = "cityscapes19"
+  reference: str = FD_REFERENCE_INIT
   needs_source_features = True
 
   @staticmethod
   def add_config(config):
     mix = base.section(config, "mix")
     mix.fd_weight = 0.0  # DAFormer: thing-class feature distance to the initial model (0.005)
+    # The feature distance's frozen reference: init = the segmenter as training starts (from
+    # init_from: DAFormer's ImageNet model when that is the ImageNet conversion), or a checkpoint
+    # (a converted ImageNet init, a run) read at a fresh start into this model's variables.
+    mix.fd_reference = FD_REFERENCE_INIT  # init | a checkpoint dir (DAFormer: the ImageNet init)
+
+  @staticmethod
+  def problems(config):
+    reference = str(config.mix.get("fd_reference", FD_REFERENCE_INIT))
+    if config.mix.fd_weight and not reference.strip():
+      return [f"config.mix.fd_reference is empty; use {FD_REFERENCE_INIT!r} (a copy of the "
+              "initial model) or a checkpoint directory (e.g. the converted ImageNet init)"]
+    return []
 
   @staticmethod
   def enabled(config):
@@ -161,10 +182,17 @@ class FeatureDistance(base.Method):
 
   @classmethod
   def from_config(cls, config):
-    return cls(label_space=config.data.label_space)
+    return cls(label_space=config.data.label_space,
+               reference=str(config.mix.get("fd_reference", FD_REFERENCE_INIT)))
 
   def init_state(self, variables):
     return {"fd_reference": base.copy_tree(variables)}
+
+  def load_state(self, method_state, restore):
+    if self.reference == FD_REFERENCE_INIT:
+      return method_state
+    return {**method_state,
+            "fd_reference": restore(self.reference, "config.mix.fd_reference")}
 
   def source_terms(self, ctx):
     images, labels_s = ctx.batch[batch_keys.SOURCE_IMAGE], ctx.batch[batch_keys.SOURCE_LABEL]

@@ -8,10 +8,11 @@ import jax
 from seat_jax.models import deeplabv2
 from seat_jax.models import segformer
 from seat_jax.models.deeplabv2 import (
-    ASPP_BRANCHES, COMPUTE_DTYPES, REMAT_CHOICES, RESNET101_STAGES, DeepLabV2,
-    count_conv_params, head_factory, init_variables, layer4_channels,
+    ASPP_BRANCHES, COMPUTE_DTYPES, REMAT_CHOICES, RESNET101_STAGES, RESNET_VARIANTS, DeepLabV2,
+    count_conv_params, head_factory, init_variables, layer4_channels, max_pool_3x3_s2,
     max_pool_3x3_s2_ceil)
 from seat_jax.models.discriminator import FCDiscriminator
+from seat_jax.models.input_norm import INPUT_NORMALISATIONS
 from seat_jax.models.resize import resize_bilinear
 from seat_jax.models.seat_norm import DOMAINS, NORM_MODES, SeatLayerNorm, SeatNorm
 from seat_jax.models.segformer import DECODERS, MIT_VARIANTS, SegFormer, mit_config
@@ -37,15 +38,18 @@ def build_segmenter(model_config: Any):
 
 
 def upsample_logits(model: Any, logits: jax.Array, out_hw) -> jax.Array:
-  """Logits resized to `out_hw` the way `model`'s reference does: align_corners=True for
-  DeepLabV2 (AdaptSegNet and its successors), half-pixel centres for SegFormer (mmseg)."""
+  """Logits resized to `out_hw` the way `model`'s reference does: align_corners=True for the
+  Caffe DeepLabV2 (AdaptSegNet and its successors), half-pixel centres for mmseg's models
+  (SegFormer, and DeepLabV2 with resnet_variant='v1c')."""
   return resize_bilinear(logits, out_hw, align_corners=getattr(model, "align_corners", True))
 
 
 __all__ = [
-    "ASPP_BRANCHES", "COMPUTE_DTYPES", "DECODERS", "DOMAINS", "MIT_VARIANTS", "MODEL_NAMES",
-    "NORM_MODES", "REMAT_CHOICES", "RESNET101_STAGES", "DeepLabV2", "FCDiscriminator",
+    "ASPP_BRANCHES", "COMPUTE_DTYPES", "DECODERS", "DOMAINS", "INPUT_NORMALISATIONS",
+    "MIT_VARIANTS", "MODEL_NAMES", "NORM_MODES", "REMAT_CHOICES", "RESNET101_STAGES",
+    "RESNET_VARIANTS", "DeepLabV2", "FCDiscriminator",
     "SeatLayerNorm", "SeatNorm", "SegFormer",
     "build_segmenter", "count_conv_params", "head_factory", "init_variables", "layer4_channels",
-    "max_pool_3x3_s2_ceil", "mit_config", "model_name", "resize_bilinear", "upsample_logits",
+    "max_pool_3x3_s2", "max_pool_3x3_s2_ceil", "mit_config", "model_name", "resize_bilinear",
+    "upsample_logits",
 ]

@@ -7,13 +7,22 @@ first block of every stage, and two heads that sum dilated 3x3 convs with bias: 
 layer3, `main_head` on layer4. `aspp_branches=2` sums only the first two branches
 (AdaptSegNet's early-return bug) while all four exist as parameters.
 
+`resnet_variant='v1c'` is instead mmseg's ResNetV1c as DAFormer's and MIC's DeepLabV2 build it
+(lhoyer/DAFormer mmseg/models/backbones/resnet.py, mmseg/models/utils/res_layer.py,
+configs/_base_/models/deeplabv2_r50-d8.py): a deep stem of three 3x3 convs (stride 2, then 1,
+1; widths base/2, base/2, base), each with a norm and ReLU, then a floor-mode 3x3/2 max-pool;
+the stride on the 3x3 conv of a block ('pytorch' style); the first block of a dilated stage at
+half the dilation (`contract_dilation`: 1 in layer3, 2 in layer4); logits resized with
+half-pixel centres (mmseg's align_corners=False). The heads are this file's either way.
+`input_normalisation` says what the weights expect (`input_norm`).
+
 Parameters are float32; `dtype` sets the compute precision; logits are float32. 1x1 convs are
 dots over channels (XLA:CPU runs them 2-4x faster than a 1x1 convolution, measured with jax 0.10).
 """
 
 import functools
 import math
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seat_jax.models import input_norm
 from seat_jax.models.seat_norm import SeatNorm, check_domain, check_norm_mode
 
 RESNET101_STAGES = (3, 4, 23, 3)
@@ -35,6 +45,9 @@ ASPP_BRANCHES = (2, 4)
 # recomputes the rest (memory for compute; docs/benchmarks.md).
 REMAT_CHOICES = ("none", "blocks")
 HEAD_NAMES = ("aux_head", "main_head")
+# config model.resnet_variant: caffe = AdaptSegNet's Caffe DeepLab ResNet (7x7 stem); v1c =
+# mmseg's ResNetV1c (deep stem; DAFormer's and MIC's DeepLabV2).
+RESNET_VARIANTS = ("caffe", "v1c")
 BOTTLENECK_EXPANSION = 4  # a bottleneck's output has 4x its planes
 
 
@@ -55,7 +68,10 @@ def _uniform(bound: float) -> Callable:
 class Conv2D(nn.Module):
   """Square NHWC convolution, HWIO kernel stored float32, computed in `dtype`.
 
-  A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster).
+  A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster),
+  unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample) then has
+  the same output size expression, floor((n - 1) / s) + 1, which symbolic shapes (export) need
+  to add the two branches.
   """
   features: int
   kernel_size: int = 1
@@ -66,6 +82,7 @@ class Conv2D(nn.Module):
   dtype: Any = jnp.float32
   bias_init: Callable | None = None
   output_dtype: Any = None  # e.g. float32 for logits: cast before the bias is added
+  dot_1x1: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -74,7 +91,7 @@ class Conv2D(nn.Module):
         "kernel", conv_kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    if k == 1 and self.padding == 0:
+    if k == 1 and self.padding == 0 and self.dot_1x1:
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
       y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
@@ -94,6 +111,12 @@ class Conv2D(nn.Module):
     return y
 
 
+def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
+  """PyTorch MaxPool2d(3, stride=2, padding=1) on NHWC (mmseg's ResNet stem; floor mode)."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                           ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
 def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
   """PyTorch MaxPool2d(3, stride=2, padding=1, ceil_mode=True) on NHWC (AdaptSegNet's stem).
 
@@ -111,33 +134,59 @@ def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
       x, init, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), pads[0], pads[1], (0, 0)))
 
 
+class DeepStem(nn.Module):
+  """mmseg's ResNetV1c stem before the max-pool: three 3x3 convs (stride 2, 1, 1; widths
+  width/2, width/2, width), each followed by a norm and ReLU. Named conv1..3 and bn1..3 inside
+  `stem`, so the norm and affine patterns of the rest of the project (bnN) cover them."""
+  width: int
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
+    widths = (self.width // 2, self.width // 2, self.width)
+    for j, width in enumerate(widths, start=1):
+      x = Conv2D(width, 3, stride=2 if j == 1 else 1, padding=1, dtype=self.dtype,
+                 name=f"conv{j}")(x)
+      x = nn.relu(self.norm(name=f"bn{j}")(x, domain, train))
+    return x
+
+
 class Bottleneck(nn.Module):
-  """1x1 (stride here, Caffe style) -> 3x3 dilated -> 1x1 x4, each with a norm; residual add."""
+  """1x1 -> 3x3 dilated -> 1x1 x4, each with a norm; residual add. The stride sits on the first
+  1x1 (Caffe style) or, with `stride_in_3x3`, on the 3x3 (mmseg's and torchvision's style)."""
   planes: int
   stride: int
   dilation: int
   downsample: bool
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
+  stride_in_3x3: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
     conv = functools.partial(Conv2D, dtype=self.dtype)
-    y = conv(self.planes, 1, stride=self.stride, name="conv1")(x)
+    stride1, stride2 = (1, self.stride) if self.stride_in_3x3 else (self.stride, 1)
+    y = conv(self.planes, 1, stride=stride1, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y, domain, train))
-    y = conv(self.planes, 3, padding=self.dilation, dilation=self.dilation, name="conv2")(y)
+    y = conv(self.planes, 3, stride=stride2, padding=self.dilation, dilation=self.dilation,
+             name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y, domain, train))
     y = conv(self.planes * BOTTLENECK_EXPANSION, 1, name="conv3")(y)
     y = self.norm(name="bn3")(y, domain, train)
     if self.downsample:
       x = conv(self.planes * BOTTLENECK_EXPANSION, 1, stride=self.stride,
-               name="downsample_conv")(x)
+               dot_1x1=not (self.stride_in_3x3 and self.stride > 1), name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, domain, train)
     return nn.relu(y + x.astype(y.dtype))
 
 
 class ResNetStage(nn.Module):
-  """`num_blocks` bottlenecks named block0..; the first one strides and has the downsample."""
+  """`num_blocks` bottlenecks named block0..; the first one strides and has the downsample.
+
+  mmseg's style (`mmseg_style`): the stride on each block's 3x3 conv, and the first block of a
+  dilated stage at half the dilation (its ResLayer's contract_dilation).
+  """
   num_blocks: int
   planes: int
   stride: int
@@ -145,15 +194,20 @@ class ResNetStage(nn.Module):
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
   remat: bool = False
+  mmseg_style: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, domain: str, train: bool) -> jnp.ndarray:
     # domain and train (arguments 2 and 3, after self and x) shape the graph: static.
     block = nn.remat(Bottleneck, static_argnums=(2, 3)) if self.remat else Bottleneck
     for i in range(self.num_blocks):
+      dilation = self.dilation
+      if i == 0 and self.mmseg_style and dilation > 1:
+        dilation //= 2
       x = block(
-          planes=self.planes, stride=self.stride if i == 0 else 1, dilation=self.dilation,
-          downsample=i == 0, norm=self.norm, dtype=self.dtype, name=f"block{i}")(x, domain, train)
+          planes=self.planes, stride=self.stride if i == 0 else 1, dilation=dilation,
+          downsample=i == 0, norm=self.norm, dtype=self.dtype, stride_in_3x3=self.mmseg_style,
+          name=f"block{i}")(x, domain, train)
     return x
 
 
@@ -198,13 +252,20 @@ class DeepLabV2(nn.Module):
   bn_train_stats: bool = True
   dtype: Any = "float32"
   remat: str = "none"
-  # Logits are resized with align_corners=True, as the DeepLab references do.
-  align_corners: ClassVar[bool] = True
+  resnet_variant: str = "caffe"
+  input_normalisation: str = "caffe"
+
+  @property
+  def align_corners(self) -> bool:
+    """How logits are resized: align_corners=True as the DeepLab references (Caffe variant);
+    half-pixel centres as mmseg (V1c: DAFormer's DLV2Head has align_corners=False)."""
+    return self.resnet_variant == "caffe"
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, domain: str = "target", train: bool = False,
                source_stages: Sequence[int] = ()) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """images: NHWC float32 (BGR, Caffe mean subtracted).
+    """images: NHWC float32 (BGR, Caffe mean subtracted; the model applies
+    `input_normalisation` itself).
 
     domain: 'source' | 'target' (static), or 'mixed' in training (ClassMix images: batch
     statistics, mean affine, no running update; seat_norm.MIXED); train: batch statistics +
@@ -225,16 +286,22 @@ class DeepLabV2(nn.Module):
 
     if images.ndim != 4:
       raise ValueError(f"DeepLabV2 expects NHWC images (4 dims); got shape {images.shape}.")
-    x = Conv2D(self.base_width, 7, stride=2, padding=3, dtype=dtype, name="conv1")(images)
-    x = nn.relu(norm(name="bn1")(x, stage_domain(0), train))
-    x = max_pool_3x3_s2_ceil(x)
+    x = input_norm.normalise(images, self.input_normalisation)
+    mmseg_style = self.resnet_variant == "v1c"
+    if mmseg_style:
+      x = DeepStem(self.base_width, norm, dtype, name="stem")(x, stage_domain(0), train)
+      x = max_pool_3x3_s2(x)
+    else:
+      x = Conv2D(self.base_width, 7, stride=2, padding=3, dtype=dtype, name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x, stage_domain(0), train))
+      x = max_pool_3x3_s2_ceil(x)
 
     stage_outputs = []
     for k, num_blocks in enumerate(self.stage_sizes):
       x = ResNetStage(
           num_blocks=num_blocks, planes=self.base_width * 2**k, stride=STAGE_STRIDES[k],
           dilation=STAGE_DILATIONS[k], norm=norm, dtype=dtype, remat=self.remat == "blocks",
-          name=f"layer{k + 1}")(x, stage_domain(k + 1), train)
+          mmseg_style=mmseg_style, name=f"layer{k + 1}")(x, stage_domain(k + 1), train)
       stage_outputs.append(x)
 
     head = head_factory(self)
@@ -255,6 +322,15 @@ class DeepLabV2(nn.Module):
           f"{RESNET101_STAGES} for ResNet-101; got {tuple(self.stage_sizes)}.")
     if self.remat not in REMAT_CHOICES:
       raise ValueError(f"model.remat must be one of {REMAT_CHOICES}; got {self.remat!r}.")
+    if self.resnet_variant not in RESNET_VARIANTS:
+      raise ValueError(f"model.resnet_variant must be one of {RESNET_VARIANTS}; got "
+                       f"{self.resnet_variant!r}.")
+    if self.input_normalisation not in input_norm.INPUT_NORMALISATIONS:
+      raise ValueError(f"model.input_normalisation must be one of "
+                       f"{input_norm.INPUT_NORMALISATIONS}; got {self.input_normalisation!r}.")
+    if self.resnet_variant == "v1c" and self.base_width % 2:
+      raise ValueError(f"model.base_width={self.base_width} must be even with "
+                       "resnet_variant='v1c' (its stem's first convs are half as wide).")
     if not 1 <= self.aspp_branches <= len(tuple(self.aspp_dilations)):
       raise ValueError(
           f"model.aspp_branches must be between 1 and len(model.aspp_dilations)="
@@ -322,7 +398,10 @@ def build_segmenter(model_config: Any) -> DeepLabV2:
       bn_affine_trainable=bool(model_config.bn_affine_trainable),
       bn_train_stats=bool(model_config.bn_train_stats),
       dtype=str(model_config.dtype),
-      remat=str(model_config.remat))
+      remat=str(model_config.remat),
+      # Configs written before these keys existed describe the Caffe DeepLab.
+      resnet_variant=str(getattr(model_config, "resnet_variant", None) or "caffe"),
+      input_normalisation=str(getattr(model_config, "input_normalisation", None) or "caffe"))
   model._check_attributes()  # fail at build time, with the config key named
   return model
 

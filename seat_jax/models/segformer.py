@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from seat_jax.device_preprocessing import CAFFE_MEAN_BGR
 from seat_jax.models.deeplabv2 import REMAT_CHOICES, compute_dtype
+from seat_jax.models.input_norm import to_imagenet_normalised
 from seat_jax.models.resize import resize_bilinear
 from seat_jax.models.seat_norm import SeatLayerNorm, SeatNorm, check_domain, check_norm_mode
 
@@ -61,9 +61,6 @@ TORCH_LN_EPS = 1e-5  # nn.LayerNorm's default: the patch-embedding and reduction
 DECODERS = ("daformer", "segformer")
 # source_stages for this model: 1..4 the encoder stages, 5 the decoder (its BatchNorms).
 DECODER_STAGE = 5
-# mmseg's img_norm_cfg (DAFormer's dataset configs), RGB on the 0-255 scale.
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
 
 def mit_config(variant: str) -> dict[str, tuple[int, ...]]:
@@ -481,14 +478,6 @@ class SegFormer(nn.Module):
                        "model.decoder.embed_dims equal to model.decoder.channels.")
     if self.remat not in REMAT_CHOICES:
       raise ValueError(f"model.remat must be one of {REMAT_CHOICES}; got {self.remat!r}.")
-
-
-def to_imagenet_normalised(images: jnp.ndarray) -> jnp.ndarray:
-  """BGR minus the Caffe mean (the project's model input) -> (RGB - mean) / std as mmseg."""
-  caffe_rgb = jnp.asarray(CAFFE_MEAN_BGR[::-1].copy())
-  rgb = images.astype(jnp.float32)[..., ::-1] + caffe_rgb
-  return (rgb - jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)) / jnp.asarray(
-      IMAGENET_STD_RGB, jnp.float32)
 
 
 def check_source_stages(source_stages: Sequence[int]) -> tuple[int, ...]:

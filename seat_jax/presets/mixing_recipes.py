@@ -8,12 +8,43 @@ from seat_jax.methods import daformer
 from seat_jax.methods import mic as mic_method
 from seat_jax.presets.compared import norms, single_head
 
+# GTA5's images (height, width) and DAFormer's GTA5 Resize img_scale (width, height); mmseg keeps
+# the ratio (configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py).
+GTA5_STORED_HW = (1052, 1914)
+GTA5_IMG_SCALE_WH = (1280, 720)
+# DAFormer's source RandomCrop (the same dataset configs).
+CAT_MAX_RATIO = 0.75
+
 
 def mixed_image_norm(config: ml_collections.ConfigDict) -> None:
   """SEAT norms: the default `batch` (best on the synthetic shift). One shared BN: `target`,
   so its single set of statistics absorbs the mixed images as the references' BN does."""
   if config.model.norm_mode == "shared":
     config.mix.norm = "target"
+
+
+def keep_ratio_hw(stored_hw, img_scale_wh) -> tuple[int, int]:
+  """(height, width) mmseg's Resize(img_scale, keep_ratio=True) gives an image of `stored_hw`:
+  mmcv's rescale_size, the largest scale keeping the long side <= max(img_scale) and the short
+  side <= min(img_scale), each side rounded half up (GTA5's 1914x1052 -> 1280x704)."""
+  height, width = stored_hw
+  factor = min(max(img_scale_wh) / max(height, width), min(img_scale_wh) / min(height, width))
+  return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def mmseg_dlv2(config: ml_collections.ConfigDict) -> None:
+  """DAFormer's and MIC's DeepLabV2 setup beside their training strategy: mmseg's ResNet-101 V1c
+  (init: open-mmlab://resnet101_v1c converted, docs/pretrained-weights.md) with its ImageNet
+  mean/std input (lhoyer/DAFormer experiments.py `get_pretraining_file`, configs/_base_/models/
+  deeplabv2red_r50-d8.py, the dataset configs' img_norm_cfg); source crops with
+  cat_max_ratio 0.75 and GTA5 resized keeping its ratio (the dataset configs); the feature
+  distance anchored to the init, which is the ImageNet model DAFormer's `imnet_model` loads."""
+  config.model.resnet_variant = "v1c"
+  config.model.input_normalisation = "imagenet"
+  config.data.source.cat_max_ratio = CAT_MAX_RATIO
+  if config.data.source.name == "gta5":
+    config.data.source.resize_hw = keep_ratio_hw(GTA5_STORED_HW, GTA5_IMG_SCALE_WH)
+  config.mix.fd_reference = daformer.FD_REFERENCE_INIT
 
 
 def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
@@ -25,8 +56,8 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
   images, one head with the two-branch ASPP, BN affine frozen. daformer_dlv2 (lhoyer/DAFormer):
   AdamW 6e-5 (weight decay 0.01, 10x heads), 1500 warmup steps, poly 1.0 over 40k steps,
   teacher 0.999, BN trained, random flip, rare class sampling (T 0.01, 3000 pixels),
-  thing-class feature distance 0.005. mic_dlv2 (lhoyer/MIC, its DeepLabV2 experiment): + masked
-  target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
+  thing-class feature distance 0.005, on mmseg's DeepLabV2 (`mmseg_dlv2`). mic_dlv2 (lhoyer/MIC,
+  its DeepLabV2 experiment): + masked target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
   mixed images normalised by their own batch statistics (config mix.norm, `mixed_image_norm`).
   """
   method = row.removesuffix("_seat")
@@ -64,6 +95,7 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
   config.mix.fd_weight = daformer.FD_LAMBDA
   config.data.source.rcs_temperature = 0.01
   config.data.source.rcs_min_pixels = 3000
+  mmseg_dlv2(config)
   if method == "mic_dlv2":
     config.mix.mic_weight = mic_method.MASK_LAMBDA
     config.mix.mic_block = 32  # MIC's DeepLabV2 experiment (64 is its HRDA setting)
