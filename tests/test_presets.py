@@ -293,15 +293,44 @@ def test_daformer_and_mic_deeplabv2_rows_are_mmseg_deeplabv2(name):
     assert tuple(config.data.source.resize_hw) == (
         (704, 1280) if name == "gta.py" else (760, 1280))
     assert config.mix.fd_reference == "init" and config.mix.fd_weight == 0.005
+    # The same dacs.py and mmseg CE as DAFormer's SegFormer rows: its EMA timing, every pixel.
+    assert (config.mix.teacher_schedule, config.loss.ce_normalise) == ("daformer", "all")
     assert models.build_segmenter(config.model).align_corners is False  # mmseg's resize
     with pytest.raises(errors.UsageError, match=r"(?s)init_from is empty.*resnet101_v1c"):
       config_validation.validate(config)
-  for row in ("dacs", "dacs_seat", "mul", "daformer"):
+  for row in ("dacs", "dacs_seat", "mul"):
     config = load(name, row)
     assert (config.model.resnet_variant, config.model.input_normalisation) == ("caffe", "caffe")
     assert config.data.source.cat_max_ratio == 1.0
   assert tuple(load(name, "dacs").data.source.resize_hw) == (
       (720, 1280) if name == "gta.py" else (760, 1280))
+
+
+@pytest.mark.parametrize("name", ["gta.py", "synthia.py"])
+def test_daformer_strategy_is_one_for_deeplabv2_and_segformer(name):
+  """DAFormer's training strategy does not depend on its network: every optimiser, data and
+  self-training key of `:daformer_dlv2` / `:mic_dlv2` equals `:daformer` / `:mic`'s, except the
+  network, its parameter groups and SYNTHIA's label space (DAFormer trains SYNTHIA with 19
+  outputs; its DeepLabV2 has no SYNTHIA run, so that row keeps the paper's 16 classes)."""
+  network_keys = {"model", "optim.head_patterns", "optim.no_decay_patterns",
+                  "optim.frozen_patterns", "data.label_space"}
+
+  def flat(config, prefix=""):
+    out = {}
+    for key, value in config.items():
+      name = prefix + key
+      if hasattr(value, "items"):
+        out.update(flat(value, name + "."))
+      else:
+        out[name] = value
+    return out
+
+  for dlv2, mit in (("daformer_dlv2", "daformer"), ("mic_dlv2", "mic")):
+    a, b = flat(load(name, dlv2)), flat(load(name, mit))
+    differ = {k for k in a.keys() | b.keys()
+              if a.get(k) != b.get(k) and not any(k == n or k.startswith(n + ".")
+                                                   for n in network_keys)}
+    assert differ == set(), {k: (a.get(k), b.get(k)) for k in sorted(differ)}
 
 
 @pytest.mark.parametrize("name", ["gta.py", "synthia.py"])

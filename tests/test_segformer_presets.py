@@ -73,12 +73,14 @@ def test_presets_follow_daformer_and_mic(name, row):
   assert (o.warmup_steps, o.poly_power, config.train.num_steps,
           config.train.lr_horizon_steps) == (1500, 1.0, 40_000, 40_000)
   assert not o.reference_duplicate_updates and o.frozen_patterns == ()
-  # uda_*_to_cityscapes_512x512.py: crops 512x512, flips, samples_per_gpu 2; GTA (1280, 720),
-  # SYNTHIA (1280, 760), Cityscapes (1024, 512).
+  # uda_*_to_cityscapes_512x512.py: crops 512x512, flips, samples_per_gpu 2; GTA Resize
+  # (1280, 720) keeping GTA5's 1914x1052 ratio = 1280x704, SYNTHIA (1280, 760), Cityscapes
+  # (1024, 512); source RandomCrop cat_max_ratio=0.75.
   d = config.data
   assert tuple(d.source.crop_hw) == tuple(d.target.crop_hw) == (512, 512) and d.flip
   assert config.train.batch_size == 2
-  assert tuple(d.source.resize_hw) == ((720, 1280) if name == "gta.py" else (760, 1280))
+  assert tuple(d.source.resize_hw) == ((704, 1280) if name == "gta.py" else (760, 1280))
+  assert d.source.cat_max_ratio == 0.75
   assert tuple(d.target.resize_hw) == tuple(d.val.resize_hw) == (512, 1024)
   assert d.source.builder_config == "original" and tuple(config.eval.label_hw) == ()
   # dacs.py + dacs_a999_fdthings.py + the final config: alpha 0.999, threshold 0.968, jitter

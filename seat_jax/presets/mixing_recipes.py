@@ -33,18 +33,23 @@ def keep_ratio_hw(stored_hw, img_scale_wh) -> tuple[int, int]:
 
 
 def mmseg_dlv2(config: ml_collections.ConfigDict) -> None:
-  """DAFormer's and MIC's DeepLabV2 setup beside their training strategy: mmseg's ResNet-101 V1c
-  (init: open-mmlab://resnet101_v1c converted, docs/pretrained-weights.md) with its ImageNet
-  mean/std input (lhoyer/DAFormer experiments.py `get_pretraining_file`, configs/_base_/models/
-  deeplabv2red_r50-d8.py, the dataset configs' img_norm_cfg); source crops with
-  cat_max_ratio 0.75 and GTA5 resized keeping its ratio (the dataset configs); the feature
-  distance anchored to the init, which is the ImageNet model DAFormer's `imnet_model` loads."""
+  """DAFormer's and MIC's DeepLabV2 network: mmseg's ResNet-101 V1c (init: open-mmlab://
+  resnet101_v1c converted, docs/pretrained-weights.md) with its ImageNet mean/std input
+  (lhoyer/DAFormer experiments.py `get_pretraining_file`, configs/_base_/models/
+  deeplabv2red_r50-d8.py, the dataset configs' img_norm_cfg); the feature distance anchored to
+  the init, which is the ImageNet model DAFormer's `imnet_model` loads."""
   config.model.resnet_variant = "v1c"
   config.model.input_normalisation = "imagenet"
+  config.mix.fd_reference = daformer.FD_REFERENCE_INIT
+
+
+def mmseg_source_data(config: ml_collections.ConfigDict) -> None:
+  """DAFormer's source data, whatever the network (configs/_base_/datasets/
+  uda_{gta,synthia}_to_cityscapes_512x512.py): GTA5 resized keeping its ratio, source crops with
+  cat_max_ratio 0.75."""
   config.data.source.cat_max_ratio = CAT_MAX_RATIO
   if config.data.source.name == "gta5":
     config.data.source.resize_hw = keep_ratio_hw(GTA5_STORED_HW, GTA5_IMG_SCALE_WH)
-  config.mix.fd_reference = daformer.FD_REFERENCE_INIT
 
 
 def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
@@ -79,29 +84,57 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
     config.eval.label_hw = dacs.EVAL_LABEL_HW
     return config
   config.model.bn_affine_trainable = True
+  daformer_self_training(config, mic=method == "mic_dlv2")
+  mmseg_dlv2(config)
+  return config
+
+
+def daformer_self_training(config: ml_collections.ConfigDict, mic: bool) -> None:
+  """DAFormer's training strategy, one for its DeepLabV2 and its SegFormer rows (the network is
+  the caller's): lhoyer/DAFormer configs/_base_/uda/dacs_a999_fdthings.py (EMA 0.999 with its
+  teacher timing, confidence 0.968, pseudo-label crop 15/120, colour jitter 0.2, thing-class
+  feature distance 0.005), schedules/adamw.py + poly10warm.py (AdamW 6e-5, weight decay 0.01,
+  10x heads, 1,500-step warmup, poly 1.0 over 40k steps), experiments.py (RCS T 0.01, 3,000 px,
+  crop ratio 0.5; 512x512 crops with flips, batch 2), the dataset configs (`mmseg_source_data`)
+  and mmseg 0.16's CE, the mean over every pixel. `mic`: MIC's masked target images
+  (lhoyer/MIC seg/experiments.py: 32-px blocks, ratio 0.7, weight 1) with its statistics choice
+  (`mic_statistics`). Call after the norms are set."""
+  config.adv.mode = "none"
+  config.data.source.crop_hw = (512, 512)
+  config.data.target.crop_hw = (512, 512)
   config.data.flip = True
+  config.train.batch_size = 2
+  config.train.num_steps = config.train.lr_horizon_steps = 40_000
+  config.train.checkpoint_every = 4000
   config.optim.reference_duplicate_updates = False  # mmseg's optimiser lists each tensor once
   config.optim.name = "adamw"
   config.optim.lr = 6e-5
+  config.optim.adam_b1, config.optim.adam_b2 = 0.9, 0.999
   config.optim.weight_decay = 0.01
+  config.optim.head_lr_mult = 10.0
   config.optim.poly_power = 1.0
   config.optim.warmup_steps = 1500
-  config.train.num_steps = config.train.lr_horizon_steps = 40_000
-  config.train.checkpoint_every = 4000
+  config.loss.ce_normalise = "all"
+  config.mix.enabled = True
+  mixed_image_norm(config)
   config.mix.teacher_alpha = dacs.DAFORMER_ALPHA
+  config.mix.teacher_schedule = "daformer"  # the EMA at the start of each iteration (dacs.py)
+  config.mix.confidence = dacs.PSEUDO_THRESHOLD
+  config.mix.augment = True
   config.mix.jitter_strength = dacs.DAFORMER_JITTER_STRENGTH
   config.mix.pseudo_ignore_top = daformer.PSEUDO_WEIGHT_IGNORE_TOP
   config.mix.pseudo_ignore_bottom = daformer.PSEUDO_WEIGHT_IGNORE_BOTTOM
   config.mix.fd_weight = daformer.FD_LAMBDA
   config.data.source.rcs_temperature = 0.01
   config.data.source.rcs_min_pixels = 3000
-  mmseg_dlv2(config)
-  if method == "mic_dlv2":
+  config.data.source.rcs_min_crop_ratio = 0.5
+  config.eval.label_hw = ()  # full-size labels (lhoyer/DAFormer#23)
+  mmseg_source_data(config)
+  if mic:
     config.mix.mic_weight = mic_method.MASK_LAMBDA
-    config.mix.mic_block = 32  # MIC's DeepLabV2 experiment (64 is its HRDA setting)
+    config.mix.mic_block = 32  # experiments.py id 81 (64 is MIC's HRDA setting)
     config.mix.mic_ratio = mic_method.MASK_RATIO
     mic_statistics(config)
-  return config
 
 
 def mic_statistics(config: ml_collections.ConfigDict) -> None:
