@@ -113,7 +113,8 @@ def mix_masks(config):
   masks = []
   for t, batch in enumerate(batches()):
     key = jax.random.split(jax.random.fold_in(jax.random.key(int(config.seed)), t), 3)[0]
-    masks.append(np.asarray(dacs.class_mix_masks(key, batch["source_label"], NUM_CLASSES)))
+    masks.append(np.asarray(dacs.class_mix_masks(key, batch["source_label"], NUM_CLASSES,
+                                                 classes_from=config.mix.classmix_classes)))
   return masks
 
 

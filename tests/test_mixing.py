@@ -110,6 +110,34 @@ def test_class_mix_choices_vary_with_key_and_are_uniform():
   np.testing.assert_allclose(masks.reshape(800, 4).mean(0), 0.5, atol=0.07)
 
 
+def test_class_mix_batch_classes_draw_half_of_the_union_as_daformer():
+  """DAFormer's get_class_masks: `torch.unique(labels)` over the batch, ceil(n / 2) of that union
+  per image, the mask from the image's own label. Image 0 holds {0, 1}, image 1 {2, 3} + ignore:
+  the union has five candidates, three are drawn; image 0 pastes nothing when none of 0, 1 is
+  drawn (C(3,3) / C(5,3) = 1/10), both when both are (C(3,1) / C(5,3) = 3/10)."""
+  labels = np.zeros((2, 2, 4), np.int32)
+  labels[0, :, 2:] = 1
+  labels[1] = [[2, 2, 3, 3], [2, IGNORE, 3, 3]]
+  draws = 3000
+  keys = jax.random.split(jax.random.key(11), draws)
+  masks = np.asarray(jax.vmap(lambda k: dacs.class_mix_masks(k, labels, 19,
+                                                             classes_from="batch"))(keys))
+  taken0 = masks[:, 0].reshape(draws, -1).mean(1)  # 0, 0.5 or 1 of image 0's pixels
+  sigma = math.sqrt(0.1 * 0.9 / draws)
+  assert abs((taken0 == 0).mean() - 0.1) < 5 * sigma
+  assert abs((taken0 == 1).mean() - 0.3) < 5 * math.sqrt(0.3 * 0.7 / draws)
+  for label, mask in zip(labels, masks[0]):
+    assert _chosen_classes(label, mask) <= set(np.unique(label).tolist())
+  # The images draw independently: image 1's draw is not image 0's.
+  chosen = [[frozenset(_chosen_classes(labels[i], m[i])) for i in range(2)] for m in masks[:50]]
+  assert len({c[1] for c in chosen}) > 1 and len({c[0] for c in chosen}) > 1
+  # Per-image classes (DACS) never leave image 0 empty: one of its two classes, always.
+  per_image = np.asarray(jax.vmap(lambda k: dacs.class_mix_masks(k, labels, 19))(keys[:200]))
+  assert (per_image[:, 0].reshape(200, -1).mean(1) == 0.5).all()
+  with pytest.raises(ValueError, match="classes_from"):
+    dacs.class_mix_masks(keys[0], labels, 19, classes_from="union")
+
+
 def test_mix_uses_one_mask_for_images_labels_and_weights():
   rng = np.random.RandomState(2)
   src_lbl = rng.choice([0, 2, 4, IGNORE], (2, 5, 6)).astype(np.int32)

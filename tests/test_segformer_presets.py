@@ -92,6 +92,8 @@ def test_presets_follow_daformer_and_mic(name, row):
   # dacs.py forward_train: the EMA at the start of iteration t >= 1 with alpha_t; mmseg 0.16's
   # cross_entropy averages over every pixel (weight_reduce_loss, ignored pixels add 0).
   assert (x.teacher_schedule, config.loss.ce_normalise) == ("daformer", "all")
+  # dacs_transforms.py get_class_masks: torch.unique over the whole batch of labels.
+  assert x.classmix_classes == "batch"
   assert (x.pseudo_ignore_top, x.pseudo_ignore_bottom, x.fd_weight) == (15, 120, 0.005)
   assert (d.source.rcs_temperature, d.source.rcs_min_pixels, d.source.rcs_min_crop_ratio) == (
       0.01, 3000, 0.5)

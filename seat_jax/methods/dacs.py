@@ -84,23 +84,22 @@ def ema_update(teacher, student, step, alpha: float):
 # ClassMix.
 
 
-def _class_mix_mask_one(key, label, num_classes: int, count_ignore: bool):
-  """One image's mask: ceil(n / 2) of its n present classes, uniformly without replacement."""
-  slots = num_classes + 1  # slot num_classes stands for the ignore id
-  slot = jnp.where(label == IGNORE_ID, num_classes, label).astype(jnp.int32)
-  present = jnp.zeros((slots,), jnp.bool_).at[slot.reshape(-1)].set(True, mode="drop")
-  if not count_ignore:
-    present = present.at[num_classes].set(False)
+def _choose_half(key, present):
+  """ceil(n / 2) of the n present slots, uniformly without replacement (np.random.choice)."""
   n = jnp.sum(present.astype(jnp.int32))
   k = (n + n % 2) // 2
   # A uniformly random order of the present slots: random scores, absent slots last.
-  scores = jnp.where(present, jax.random.uniform(key, (slots,)), 2.0)
+  scores = jnp.where(present, jax.random.uniform(key, present.shape), 2.0)
   rank = jnp.argsort(jnp.argsort(scores))
-  chosen = present & (rank < k)
-  return chosen[slot]
+  return present & (rank < k)
 
 
-def class_mix_masks(key, source_labels, num_classes: int, count_ignore: bool = True):
+# config mix.classmix_classes: where ClassMix's candidate classes come from.
+CLASSMIX_CLASSES = ("image", "batch")
+
+
+def class_mix_masks(key, source_labels, num_classes: int, count_ignore: bool = True,
+                    classes_from: str = "image"):
   """DACS ClassMix masks: bool [N, H, W], True where the source pixel is taken.
 
   Per image, the present classes are `torch.unique(label)`, which in DACS includes the ignore id
@@ -108,14 +107,26 @@ def class_mix_masks(key, source_labels, num_classes: int, count_ignore: bool = T
   counts as one class and may be pasted (its pixels stay ignored in the mixed label). Of the n
   present classes, int((n + n % 2) / 2) = ceil(n / 2) are chosen uniformly without replacement
   (np.random.choice). An all-ignore label has n = 1 and pastes the whole (ignored) source image.
-  `count_ignore=False` drops 255 from the candidates instead. Note: DAFormer's get_class_masks
-  calls torch.unique on the whole batch, so it draws from the union of the batch's classes; we
-  follow DACS (each image's own classes). Labels must lie in [0, num_classes) or be 255.
+  `count_ignore=False` drops 255 from the candidates instead. `classes_from="batch"` is
+  DAFormer's and MIC's `get_class_masks`: the candidates are `torch.unique` of the whole batch
+  of labels, each image draws its own half of that union, and a chosen class absent from the
+  image pastes nothing (so an image may paste none or all of its pixels). Labels must lie in
+  [0, num_classes) or be 255.
   """
-  source_labels = jnp.asarray(source_labels)
-  keys = jax.random.split(key, source_labels.shape[0])
-  return jax.vmap(_class_mix_mask_one, in_axes=(0, 0, None, None))(
-      keys, source_labels, num_classes, count_ignore)
+  if classes_from not in CLASSMIX_CLASSES:
+    raise ValueError(f"classes_from must be one of {CLASSMIX_CLASSES}; got {classes_from!r}")
+  labels = jnp.asarray(source_labels)
+  batch = labels.shape[0]
+  slots = num_classes + 1  # slot num_classes stands for the ignore id
+  slot = jnp.where(labels == IGNORE_ID, num_classes, labels).astype(jnp.int32).reshape(batch, -1)
+  present = jnp.zeros((batch, slots), jnp.bool_).at[
+      jnp.arange(batch)[:, None], slot].set(True, mode="drop")
+  if not count_ignore:
+    present = present.at[:, num_classes].set(False)
+  if classes_from == "batch":
+    present = jnp.broadcast_to(jnp.any(present, axis=0), present.shape)
+  chosen = jax.vmap(_choose_half)(jax.random.split(key, batch), present)
+  return jnp.take_along_axis(chosen, slot, axis=1, mode="clip").reshape(labels.shape)
 
 
 def mix(mask, source, target):
@@ -372,6 +383,7 @@ class Mixing(base.Method):
   mic_ratio: float = 0.7
   mic_update_stats: bool = False
   teacher_schedule: str = "dacs"
+  classmix_classes: str = "image"
   num_classes: int = 19
   needs_target_images = True
 
@@ -387,6 +399,9 @@ class Mixing(base.Method):
     # is the student of t + 1) | daformer (DAFormer and MIC: at the start of iteration t >= 1,
     # alpha_t, i.e. alpha_{t+1} after t's update: the teacher of 1 is half the initial model).
     mix.teacher_schedule = "dacs"
+    # ClassMix's candidate classes: image (DACS: each source image's own) | batch (DAFormer,
+    # MIC: the union of the batch's source labels, each image drawing half of it).
+    mix.classmix_classes = "image"
     mix.confidence = 0.968  # pseudo-label weight = share of teacher pixels above this
     mix.augment = True  # colour jitter + Gaussian blur on the mixed image (DACS)
     mix.jitter_strength = 0.2  # colour jitter's strength (DACS 0.25, DAFormer/MIC 0.2)
@@ -413,6 +428,9 @@ class Mixing(base.Method):
     if mix.get("teacher_schedule", "dacs") not in TEACHER_SCHEDULES:
       problems.append(f"config.mix.teacher_schedule={mix.teacher_schedule!r} is not one of "
                       f"{TEACHER_SCHEDULES}")
+    if mix.get("classmix_classes", "image") not in CLASSMIX_CLASSES:
+      problems.append(f"config.mix.classmix_classes={mix.classmix_classes!r} is not one of "
+                      f"{CLASSMIX_CLASSES} (DACS: image, DAFormer/MIC: batch)")
     if not 0.0 <= mix.teacher_alpha < 1.0:
       problems.append(f"config.mix.teacher_alpha={mix.teacher_alpha} must be in [0, 1) "
                       "(DACS 0.99, DAFormer/MIC 0.999)")
@@ -444,6 +462,7 @@ class Mixing(base.Method):
                mic_ratio=float(mix.mic_ratio),
                mic_update_stats=bool(mix.get("mic_update_stats", False)),
                teacher_schedule=str(mix.get("teacher_schedule", "dacs")),
+               classmix_classes=str(mix.get("classmix_classes", "image")),
                num_classes=int(config.model.num_classes))
 
   def init_state(self, variables):
@@ -462,7 +481,8 @@ class Mixing(base.Method):
     t_probs = jax.nn.softmax(up(t_main, tgt_img), axis=-1)
     pseudo, weight = pseudo_labels_and_weight(t_probs, w["mix_confidence"],
                                               *self.pseudo_ignore_rows)
-    mask = class_mix_masks(key_mix, src_lbl, self.num_classes)
+    mask = class_mix_masks(key_mix, src_lbl, self.num_classes,
+                           classes_from=self.classmix_classes)
     mixed_img = mix(mask, src_img, tgt_img)
     mixed_lbl = mix(mask, src_lbl, pseudo)
     mixed_w = mix(mask, jnp.ones_like(weight), weight)

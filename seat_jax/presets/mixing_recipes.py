@@ -92,7 +92,7 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
 def daformer_self_training(config: ml_collections.ConfigDict, mic: bool) -> None:
   """DAFormer's training strategy, one for its DeepLabV2 and its SegFormer rows (the network is
   the caller's): lhoyer/DAFormer configs/_base_/uda/dacs_a999_fdthings.py (EMA 0.999 with its
-  teacher timing, confidence 0.968, pseudo-label crop 15/120, colour jitter 0.2, thing-class
+  teacher timing, ClassMix from the batch's classes, confidence 0.968, pseudo-label crop 15/120, colour jitter 0.2, thing-class
   feature distance 0.005), schedules/adamw.py + poly10warm.py (AdamW 6e-5, weight decay 0.01,
   10x heads, 1,500-step warmup, poly 1.0 over 40k steps), experiments.py (RCS T 0.01, 3,000 px,
   crop ratio 0.5; 512x512 crops with flips, batch 2), the dataset configs (`mmseg_source_data`)
@@ -119,6 +119,7 @@ def daformer_self_training(config: ml_collections.ConfigDict, mic: bool) -> None
   mixed_image_norm(config)
   config.mix.teacher_alpha = dacs.DAFORMER_ALPHA
   config.mix.teacher_schedule = "daformer"  # the EMA at the start of each iteration (dacs.py)
+  config.mix.classmix_classes = "batch"  # dacs_transforms.py get_class_masks: the batch's union
   config.mix.confidence = dacs.PSEUDO_THRESHOLD
   config.mix.augment = True
   config.mix.jitter_strength = dacs.DAFORMER_JITTER_STRENGTH
