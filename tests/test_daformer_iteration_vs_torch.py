@@ -37,6 +37,7 @@ from seat_jax import train_step  # noqa: E402
 from seat_jax.methods import dacs  # noqa: E402
 from flax import traverse_util  # noqa: E402
 import test_segformer as ts  # noqa: E402
+import torch_reference as tref  # noqa: E402
 
 # One worker runs the module (`make test` distributes by group): the step compiles once there
 # instead of once in each worker.
@@ -102,7 +103,7 @@ def batches():
     labels = np.kron(cells, np.ones((32, 32), np.int64)).astype(np.int32)
     labels[:, 40:43] = 255
     src, tgt = (
-        (rng.uniform(0, 255, (2, HW, HW, 3)) - ts.CAFFE_MEAN_BGR).astype(np.float32)
+        (rng.uniform(0, 255, (2, HW, HW, 3)) - tref.CAFFE_MEAN_BGR).astype(np.float32)
         for _ in range(2))
     out.append({"source_image": src, "source_label": labels, "target_image": tgt})
   return out
@@ -120,9 +121,7 @@ def mix_masks(config):
 
 def to_torch_pixels(inputs, dtype):
   """Model inputs (BGR minus the Caffe mean) -> mmseg's normalised RGB, NCHW."""
-  rgb = inputs.astype(np.float64)[..., ::-1] + ts.CAFFE_MEAN_BGR[::-1].astype(np.float64)
-  norm = (rgb - ts.IMAGENET_MEAN) / ts.IMAGENET_STD
-  return torch.from_numpy(np.ascontiguousarray(norm.transpose(0, 3, 1, 2))).to(dtype)
+  return tref.imagenet_pixels(inputs).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------

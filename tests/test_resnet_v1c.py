@@ -29,7 +29,6 @@ from seat_jax import config_defaults  # noqa: E402
 from seat_jax import convert  # noqa: E402
 from seat_jax import models  # noqa: E402
 from seat_jax import warm_start  # noqa: E402
-from seat_jax.device_preprocessing import CAFFE_MEAN_BGR  # noqa: E402
 import torch_reference as tref  # noqa: E402
 
 STAGES = (1, 1, 1, 1)
@@ -38,8 +37,6 @@ WIDTH = 16  # stem 8, 8, 16; layer planes 16, 32, 64, 128 (layer4 out 512)
 IMAGE_HW = (64, 75)
 RATIO = 16.0
 FLOOR = 16 * 2.0**-24
-IMAGENET_MEAN = np.array([123.675, 116.28, 103.53])
-IMAGENET_STD = np.array([58.395, 57.12, 57.375])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,13 +103,7 @@ class ResNetV1c(nn.Module):
 
 
 def model_inputs(seed=0):
-  """Model inputs (BGR minus the Caffe mean) and the same images as mmseg normalises them
-  (RGB, ImageNet mean/std), NCHW float64."""
-  rgb = np.random.default_rng(seed).uniform(0, 255, (2, *IMAGE_HW, 3))
-  inputs = (rgb[..., ::-1] - CAFFE_MEAN_BGR.astype(np.float64)).astype(np.float32)
-  rgb_back = inputs.astype(np.float64)[..., ::-1] + CAFFE_MEAN_BGR[::-1].astype(np.float64)
-  normalised = (rgb_back - IMAGENET_MEAN) / IMAGENET_STD
-  return inputs, torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+  return tref.imagenet_model_inputs(IMAGE_HW, seed)
 
 
 def v1c_config(norm_mode="seat", variant="v1c"):

@@ -32,7 +32,7 @@ from seat_jax import config_defaults  # noqa: E402
 from seat_jax import convert  # noqa: E402
 from seat_jax import models  # noqa: E402
 from seat_jax import warm_start  # noqa: E402
-from seat_jax.device_preprocessing import CAFFE_MEAN_BGR  # noqa: E402
+import torch_reference as tref  # noqa: E402
 
 HIDDEN = (8, 16, 16, 24)
 HEADS = (1, 2, 2, 4)
@@ -43,8 +43,6 @@ NUM_CLASSES = 5
 IMAGE_HW = (61, 75)  # odd: floors in the strided convs, uneven resizes in the decoder
 RATIO = 16.0
 FLOOR = 16 * 2.0**-24
-IMAGENET_MEAN = np.array([123.675, 116.28, 103.53])
-IMAGENET_STD = np.array([58.395, 57.12, 57.375])
 
 
 def jax_model_config(decoder, norm_mode="shared", eps=1e-5):
@@ -58,13 +56,7 @@ def jax_model_config(decoder, norm_mode="shared", eps=1e-5):
 
 
 def model_inputs(seed=0):
-  """Model inputs (BGR minus the Caffe mean) and the same images as mmseg normalises them
-  (RGB, ImageNet mean/std), NCHW float64."""
-  rgb = np.random.default_rng(seed).uniform(0, 255, (2, *IMAGE_HW, 3))
-  inputs = (rgb[..., ::-1] - CAFFE_MEAN_BGR.astype(np.float64)).astype(np.float32)
-  rgb_back = inputs.astype(np.float64)[..., ::-1] + CAFFE_MEAN_BGR[::-1].astype(np.float64)
-  normalised = (rgb_back - IMAGENET_MEAN) / IMAGENET_STD
-  return inputs, torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+  return tref.imagenet_model_inputs(IMAGE_HW, seed)
 
 
 def randomize_(model, images, seed=0):

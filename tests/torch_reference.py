@@ -12,9 +12,16 @@ import collections
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from seat_jax.device_preprocessing import CAFFE_MEAN_BGR
+
+# mmseg's img_norm_cfg (DAFormer's dataset configs): RGB on the 0-255 scale.
+IMAGENET_MEAN = np.array([123.675, 116.28, 103.53])
+IMAGENET_STD = np.array([58.395, 57.12, 57.375])
 
 RESNET101_STAGES = (3, 4, 23, 3)
 STAGE_DILATIONS = (1, 1, 2, 4)
@@ -195,3 +202,18 @@ def train_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, aux_weight
     return loss.detach()
 
   return step
+
+
+def imagenet_pixels(inputs: np.ndarray) -> torch.Tensor:
+  """Model inputs (BGR minus the Caffe mean, NHWC) as mmseg normalises the same images: RGB,
+  ImageNet mean/std, NCHW float64."""
+  rgb = inputs.astype(np.float64)[..., ::-1] + CAFFE_MEAN_BGR[::-1].astype(np.float64)
+  normalised = (rgb - IMAGENET_MEAN) / IMAGENET_STD
+  return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+
+
+def imagenet_model_inputs(image_hw: Sequence[int], seed: int = 0):
+  """Two random images as model inputs (float32) and as mmseg's `imagenet_pixels`."""
+  rgb = np.random.default_rng(seed).uniform(0, 255, (2, *image_hw, 3))
+  inputs = (rgb[..., ::-1] - CAFFE_MEAN_BGR.astype(np.float64)).astype(np.float32)
+  return inputs, imagenet_pixels(inputs)
