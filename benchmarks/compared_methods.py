@@ -60,6 +60,10 @@ RUNS = {
     "daformer_seat": ("daformer_seat", {}, None),
     "mic_seat": ("mic_seat", {}, None),
     "mic": ("mic", {}, None),
+    # Whether MIC's masked pass moves the running target statistics (issue 22 item 5): the
+    # shared-BN row follows MIC's code (on), the SEAT row keeps them to clean images (off).
+    "mic_masked_stats_off": ("mic", {"mix.mic_update_stats": False}, None),
+    "mic_seat_masked_stats_on": ("mic_seat", {"mix.mic_update_stats": True}, None),
     # DAFormer and MIC on a tiny MiT (SegFormer) from its own pretrained init: shared norms (the
     # reference), SAT and SEAT norms.
     "mit_source_only": ("mit_source_only", {}, "mit_pretrain"),
