@@ -1,13 +1,17 @@
 """What several test files share: the tiny run, an in-memory data source, random variables."""
 
+import importlib.util
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seat_jax import presets
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_train_config(data_dir, num_steps: int = 4):
@@ -161,3 +165,12 @@ def suite_env():
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", TF_CPP_MIN_LOG_LEVEL="3")
   env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
   return env
+
+
+def load_script(relative_path: str):
+  """A repository script (benchmarks/*.py, tools/*.py) imported as a module, to call its main."""
+  path = REPO / relative_path
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

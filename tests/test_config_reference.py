@@ -1,18 +1,15 @@
 """docs/configuration.md is what tools/config_reference.py writes from the code, and every
 config key has a meaning there."""
 
-import importlib.util
 import pathlib
+
+import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location("config_reference",
-                                                REPO / "tools" / "config_reference.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return helpers.load_script("tools/config_reference.py")
 
 
 def test_every_config_key_has_a_meaning_and_the_page_is_current():

@@ -6,12 +6,13 @@ the nav) fails. docs/use-a-model.md may be absent: its nav entry is allowed to p
 (mkdocs.yml, validation.nav.not_found).
 """
 
-import importlib.util
 import os
 import pathlib
 import re
 import subprocess
 import sys
+
+import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,9 +35,7 @@ def test_the_site_builds_strictly(tmp_path):
 
 
 def test_the_home_page_is_the_readme():
-  spec = importlib.util.spec_from_file_location("docs_index", REPO / "tools" / "docs_index.py")
-  tool = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tool)
+  tool = helpers.load_script("tools/docs_index.py")
   assert (REPO / "docs" / "index.md").read_text() == tool.render(
       (REPO / "README.md").read_text()), "docs/index.md is stale: run python tools/docs_index.py"
 

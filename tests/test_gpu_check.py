@@ -1,16 +1,12 @@
 """benchmarks/gpu_check.py in its CPU smoke mode, so the GPU check is ready when a GPU is lent."""
 
-import importlib.util
 import json
-import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import helpers
 
 
 def test_gpu_check_smoke_measures_every_part_and_prints_the_table(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-  gpu_check = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(gpu_check)
+  gpu_check = helpers.load_script("benchmarks/gpu_check.py")
   assert gpu_check.main(["--smoke", f"--json={tmp_path / 'check.json'}"]) == 0
   rows = json.loads((tmp_path / "check.json").read_text())["rows"]
   assert [r["part"] for r in rows] == ["iteration", "torch", "pipeline", "eval"]

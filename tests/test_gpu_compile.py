@@ -6,11 +6,10 @@ nvidia-cuda-nvcc-cu12 for ptxas); skipped without it. No GPU or CUDA driver is u
 
 import importlib.util
 import json
-import pathlib
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import helpers
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jax_plugins") is None
@@ -20,11 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _gpu_compile():
-  spec = importlib.util.spec_from_file_location("gpu_compile",
-                                                REPO / "benchmarks" / "gpu_compile.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return helpers.load_script("benchmarks/gpu_compile.py")
 
 
 def test_demo_iteration_and_evaluation_compile_for_an_h100_and_report_memory(tmp_path, capsys):

@@ -1,18 +1,11 @@
 """benchmarks/same_program.py: two presets train with the same program exactly when their
 iterations differ in nothing XLA sees."""
 
-import importlib.util
-import pathlib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import helpers
 
 
 def _same_program():
-  spec = importlib.util.spec_from_file_location("same_program",
-                                                REPO / "benchmarks" / "same_program.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return helpers.load_script("benchmarks/same_program.py")
 
 
 def test_a_seed_is_not_in_the_program_but_a_norm_mode_is(capsys):
