@@ -7,6 +7,7 @@ and AdaptSegNet's/ADVENT's published recipes (REFERENCE 3.1), not read from the 
 import pathlib
 
 import pytest
+from flax import traverse_util
 
 from seat_jax import cli
 from seat_jax import config_validation
@@ -315,15 +316,8 @@ def test_daformer_strategy_is_one_for_deeplabv2_and_segformer(name):
   network_keys = {"model", "optim.head_patterns", "optim.no_decay_patterns",
                   "optim.frozen_patterns", "data.label_space"}
 
-  def flat(config, prefix=""):
-    out = {}
-    for key, value in config.items():
-      name = prefix + key
-      if hasattr(value, "items"):
-        out.update(flat(value, name + "."))
-      else:
-        out[name] = value
-    return out
+  def flat(config):
+    return traverse_util.flatten_dict(config.to_dict(), sep=".")
 
   for dlv2, mit in (("daformer_dlv2", "daformer"), ("mic_dlv2", "mic")):
     a, b = flat(load(name, dlv2)), flat(load(name, mit))

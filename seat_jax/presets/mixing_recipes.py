@@ -62,8 +62,9 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
   AdamW 6e-5 (weight decay 0.01, 10x heads), 1500 warmup steps, poly 1.0 over 40k steps,
   teacher 0.999, BN trained, random flip, rare class sampling (T 0.01, 3000 pixels),
   thing-class feature distance 0.005, on mmseg's DeepLabV2 (`mmseg_dlv2`). mic_dlv2 (lhoyer/MIC,
-  its DeepLabV2 experiment): + masked target images (32-pixel blocks, ratio 0.7, weight 1). `_seat`: SEAT norms (affine trained);
-  mixed images normalised by their own batch statistics (config mix.norm, `mixed_image_norm`).
+  its DeepLabV2 experiment): + masked target images (32-pixel blocks, ratio 0.7, weight 1).
+  `_seat`: SEAT norms (affine trained); mixed images normalised by their own batch statistics
+  (config mix.norm, `mixed_image_norm`).
   """
   method = row.removesuffix("_seat")
   norms(config, row.endswith("_seat"))
@@ -92,13 +93,13 @@ def mixing(config: ml_collections.ConfigDict, row: str) -> ml_collections.Config
 def daformer_self_training(config: ml_collections.ConfigDict, mic: bool) -> None:
   """DAFormer's training strategy, one for its DeepLabV2 and its SegFormer rows (the network is
   the caller's): lhoyer/DAFormer configs/_base_/uda/dacs_a999_fdthings.py (EMA 0.999 with its
-  teacher timing, ClassMix from the batch's classes, confidence 0.968, pseudo-label crop 15/120, colour jitter 0.2, thing-class
-  feature distance 0.005), schedules/adamw.py + poly10warm.py (AdamW 6e-5, weight decay 0.01,
-  10x heads, 1,500-step warmup, poly 1.0 over 40k steps), experiments.py (RCS T 0.01, 3,000 px,
-  crop ratio 0.5; 512x512 crops with flips, batch 2), the dataset configs (`mmseg_source_data`)
-  and mmseg 0.16's CE, the mean over every pixel. `mic`: MIC's masked target images
-  (lhoyer/MIC seg/experiments.py: 32-px blocks, ratio 0.7, weight 1) with its statistics choice
-  (`mic_statistics`). Call after the norms are set."""
+  teacher timing, ClassMix from the batch's classes, confidence 0.968, pseudo-label crop
+  15/120, colour jitter 0.2, thing-class feature distance 0.005), schedules/adamw.py +
+  poly10warm.py (AdamW 6e-5, weight decay 0.01, 10x heads, 1,500-step warmup, poly 1.0 over
+  40k steps), experiments.py (RCS T 0.01, 3,000 px, crop ratio 0.5; 512x512 crops with flips,
+  batch 2), the dataset configs (`mmseg_source_data`) and mmseg 0.16's CE, the mean over every
+  pixel. `mic`: MIC's masked target images (lhoyer/MIC seg/experiments.py: 32-px blocks, ratio
+  0.7, weight 1) with its statistics choice (`mic_statistics`). Call after the norms are set."""
   config.adv.mode = "none"
   config.data.source.crop_hw = (512, 512)
   config.data.target.crop_hw = (512, 512)
