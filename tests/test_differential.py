@@ -203,6 +203,17 @@ def test_connected_components_match_scipy():
   assert set(np.unique(snake[spiral])) == {0}  # one component, named by pixel 0
 
 
+def test_top_k_by_max_is_top_k_with_ties():
+  """The sort-free top-k gives lax.top_k's values and indices, ties in index order."""
+  rng = np.random.default_rng(5)
+  for n, k in ((1, 1), (7, 7), (40, 10), (300, 10)):
+    keys = rng.integers(-1, 3, (3, n)).astype(np.int32)  # mostly ties
+    expected = jax.lax.top_k(keys, k)
+    got = sim._top_k_by_max(jnp.asarray(keys), k)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(expected[0]))
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
+
+
 def test_largest_components_sizes_and_ties():
   rng = np.random.default_rng(1)
   ids = jnp.asarray([13, 11, 5], jnp.int32)

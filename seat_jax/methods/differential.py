@@ -11,7 +11,8 @@ every part has static shapes so it jits inside the train step:
   * connected components: min-label propagation over 3x3 neighbourhoods with pointer jumping in
     a `jax.lax.while_loop`; a component is named by its first pixel in raster order (its
     smallest flat index), the order skimage numbers them in;
-  * the <= 10 largest components per class: one `top_k` over every pixel with validity masks;
+  * the <= 10 largest components per class: ten max-reductions over every pixel with validity
+    masks (`_top_k_by_max`; a `top_k` over every pixel is a full sort on GPUs);
   * banks: ring buffers with per-class write counters in a dict of arrays (`init_banks`).
 
 Everything runs at the features' stride-8 resolution (layer4 output, logits of the main head).
@@ -147,6 +148,25 @@ def connected_components(mask: jax.Array) -> jax.Array:
   return jnp.where(mask, labels, -1)
 
 
+def _top_k_by_max(keys: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`jax.lax.top_k(keys, k)` for int32 keys > INT32_MIN, as k max-reductions over the last axis.
+
+  Same values and indices, ties included (the lower index first). Why not top_k: XLA:GPU lowers
+  a top_k over thousands of pixels to a full sort, which for sm_70 becomes a CUB radix sort whose
+  workspace query needs the CUDA runtime at compile time (a deviceless V100 compile fails); for
+  k = 10 the reductions are also less work than sorting every row.
+  """
+  floor = jnp.iinfo(jnp.int32).min
+  values, indices = [], []
+  for _ in range(k):
+    index = jnp.argmax(keys, axis=-1)
+    values.append(jnp.max(keys, axis=-1))
+    indices.append(index)
+    taken = jnp.arange(keys.shape[-1]) == index[..., None]
+    keys = jnp.where(taken, floor, keys)
+  return jnp.stack(values, axis=-1), jnp.stack(indices, axis=-1).astype(jnp.int32)
+
+
 def largest_components(class_map: jax.Array, class_ids: jax.Array,
                        max_count: int = MAX_INSTANCES) -> tuple[jax.Array, ...]:
   """The <= max_count largest 8-connected components of each class in `class_ids`.
@@ -172,7 +192,7 @@ def largest_components(class_map: jax.Array, class_ids: jax.Array,
   is_root = foreground.reshape(-1) & (flat == index)
   of_class = is_root[None, :] & (class_map.reshape(-1)[None, :] == class_ids[:, None])
   keys = jnp.where(of_class, counts[None, :] * size + index[None, :], -1)
-  top_keys, roots = jax.lax.top_k(keys, min(max_count, size))
+  top_keys, roots = _top_k_by_max(keys, min(max_count, size))
   if max_count > size:  # pad to the static slot count
     pad = ((0, 0), (0, max_count - size))
     top_keys = jnp.pad(top_keys, pad, constant_values=-1)
