@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from seat_jax import config_defaults, labels, models
+from seat_jax.models import conv_kernel_grad
 
 DEPTHS = {"resnet101": ((3, 4, 23, 3), 64), "tiny": ((1, 1, 1, 1), 8)}
 IGNORE_LABEL = labels.IGNORE_ID
@@ -168,34 +169,10 @@ def conv3x3_im2col(x, k, dilation=1):
   return jax.lax.dot_general(patches, k.reshape(9 * c, -1), (((3,), (0,)), ((), ())))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3_fast_dk(x, k, dilation=1):
-  """Dilated 3x3 stride-1 conv (padding = dilation): XLA's conv forward and input gradient, but
-  the kernel gradient as one matmul of the 9 shifted input views with the output gradient.
-
-  XLA:CPU's kernel gradient of a dilated conv is 3x slower than that matmul at d=4.
-  """
-  return _conv_ref(x, k, dilation=dilation, padding=dilation)
-
-
-def _fast_dk_fwd(x, k, dilation):
-  return conv3x3_fast_dk(x, k, dilation), (x, k)
-
-
-def _fast_dk_bwd(dilation, residuals, g):
-  x, k = residuals
-  _, vjp_x = jax.vjp(lambda x: _conv_ref(x, k, dilation=dilation, padding=dilation), x)
-  (dx,) = vjp_x(g)
-  n, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (dilation, dilation), (dilation, dilation), (0, 0)))
-  patches = jnp.concatenate(
-      [xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w]
-       for i in range(3) for j in range(3)], axis=-1)
-  dk = jax.lax.dot_general(patches, g.astype(patches.dtype), (((0, 1, 2), (0, 1, 2)), ((), ())))
-  return dx, dk.reshape(k.shape).astype(k.dtype)
-
-
-conv3x3_fast_dk.defvjp(_fast_dk_fwd, _fast_dk_bwd)
+def conv3x3_taps(x, k, dilation=1):
+  """The model's dilated 3x3 conv: XLA's forward and input gradient, the kernel gradient as one
+  dot per tap on the CPU (`seat_jax.models.conv_kernel_grad`)."""
+  return conv_kernel_grad.conv2d(x, k, 1, dilation, dilation)
 
 
 def conv3x3_space_to_batch(x, k, dilation=1):
@@ -251,9 +228,9 @@ def _op_table(height: int, width: int) -> list[tuple]:
                  (h, w, c)))
     rows.append(("* " + name + " im2col dot", count,
                  functools.partial(conv3x3_im2col, dilation=d), conv, (h, w, c)))
+    rows.append(("* " + name + " tap dots dk", count,
+                 functools.partial(conv3x3_taps, dilation=d), conv, (h, w, c)))
     if d > 1:
-      rows.append(("* " + name + " matmul dk", count,
-                   functools.partial(conv3x3_fast_dk, dilation=d), conv, (h, w, c)))
       rows.append(("* " + name + " space-to-batch", count,
                    functools.partial(conv3x3_space_to_batch, dilation=d), conv, (h, w, c)))
   for name, count, c, d in (("aux head 3x3 d12 1024->19", 4, 1024, 12),
@@ -263,8 +240,8 @@ def _op_table(height: int, width: int) -> list[tuple]:
                  (h8, w8, c)))
     rows.append(("* " + name + " im2col dot", count,
                  functools.partial(conv3x3_im2col, dilation=d), conv, (h8, w8, c)))
-    rows.append(("* " + name + " matmul dk", count,
-                 functools.partial(conv3x3_fast_dk, dilation=d), conv, (h8, w8, c)))
+    rows.append(("* " + name + " tap dots dk", count,
+                 functools.partial(conv3x3_taps, dilation=d), conv, (h8, w8, c)))
   for name, count, (h, w), c, o in (("1x1 dot layer1 256->64", 5, (h4, w4), 256, 64),
                                     ("1x1 dot layer2 512->128", 7, (h8, w8), 512, 128),
                                     ("1x1 dot layer3 1024->256", 45, (h8, w8), 1024, 256),
@@ -333,54 +310,30 @@ def profile_ops(height: int, width: int, repeats: int = 5, threads: int = 0) -> 
   return rows
 
 
-# ------------------------------------------------------- prototype model variants (--variants)
-# `fast` and `im2col` swap two ops of seat_jax.models.deeplabv2 while the step is traced
-# (nothing changes outside this process): the max-pool becomes 9 strided slices, and every
-# dilated (d >= 2) 3x3 stride-1 backbone conv becomes `conv3x3_fast_dk` (XLA conv, matmul kernel
-# gradient) or `conv3x3_im2col` (one matmul each way). The heads (19 output channels) keep
-# XLA's conv, which is faster there. Numbers are identical up to float rounding.
-
-
-class _PatchedLax:
-  """Stands in for `jax.lax` inside deeplabv2: routes backbone dilated 3x3 convs to `conv3x3`."""
-
-  def __init__(self, conv3x3):
-    self._conv3x3 = conv3x3
-
-  def __getattr__(self, name):
-    return getattr(jax.lax, name)
-
-  def conv_general_dilated(self, lhs, rhs, window_strides, padding, lhs_dilation=None,
-                           rhs_dilation=None, dimension_numbers=None, **kwargs):
-    d = rhs_dilation[0] if rhs_dilation else 1
-    if (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and d >= 2 and
-        tuple(rhs_dilation) == (d, d) and tuple(map(tuple, padding)) == ((d, d), (d, d)) and
-        rhs.shape[3] >= 64 and dimension_numbers == ("NHWC", "HWIO", "NHWC") and not kwargs):
-      return self._conv3x3(lhs, rhs, d)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                        rhs_dilation, dimension_numbers, **kwargs)
-
-
-VARIANT_CONVS = {"fast": conv3x3_fast_dk, "im2col": conv3x3_im2col}
+# -------------------------------------------------------------------- model variants (--variants)
+# Each variant patches seat_jax.models while the step is traced (nothing changes outside this
+# process): `xla_kernel_grad` gives every convolution XLA's own kernel gradient (the model before
+# `conv_kernel_grad`); `slice_maxpool` makes the stem's max-pool 9 strided slices (no
+# reduce_window / select_and_scatter). Numbers are identical up to float rounding.
 
 
 @contextlib.contextmanager
 def model_variant(name: str):
-  """Patches the model module for the duration of tracing; `reference` changes nothing."""
-  from seat_jax.models import deeplabv2  # pylint: disable=g-import-not-at-top
+  """Patches the model modules for the duration of tracing; `reference` changes nothing."""
+  from seat_jax.models import conv_kernel_grad, deeplabv2  # pylint: disable=g-import-not-at-top
 
-  if name == "reference":
-    yield
-    return
-  if name not in VARIANT_CONVS:
-    raise ValueError(f"--variants takes reference, {', '.join(VARIANT_CONVS)}; got {name!r}.")
-  saved = deeplabv2.lax, deeplabv2.max_pool_3x3_s2_ceil
-  deeplabv2.lax = _PatchedLax(VARIANT_CONVS[name])
-  deeplabv2.max_pool_3x3_s2_ceil = maxpool_slices
+  patches = {"reference": [], "xla_kernel_grad": [(conv_kernel_grad, "MIN_CHANNELS", 2**31)],
+             "slice_maxpool": [(deeplabv2, "max_pool_3x3_s2_ceil", maxpool_slices)]}
+  if name not in patches:
+    raise ValueError(f"--variants takes {', '.join(patches)}; got {name!r}.")
+  saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches[name]]
+  for module, attr, value in patches[name]:
+    setattr(module, attr, value)
   try:
     yield
   finally:
-    deeplabv2.lax, deeplabv2.max_pool_3x3_s2_ceil = saved
+    for module, attr, value in saved:
+      setattr(module, attr, value)
 
 
 # ------------------------------------------------------------------------------------ main
@@ -417,8 +370,8 @@ def parse_args(argv):
   p.add_argument("--only", default="both", choices=("both", "jax", "torch"))
   p.add_argument("--variants", default="reference",
                  help="comma list of JAX model variants to time: reference (the model as is), "
-                 "fast (prototype: slice max-pool + matmul kernel-gradient for dilated backbone convs), "
-                 "im2col (slice max-pool + im2col dilated backbone convs)")
+                 "xla_kernel_grad (XLA's kernel gradient for every conv), slice_maxpool (the "
+                 "stem's max-pool as 9 strided slices)")
   p.add_argument("--threads", type=int, default=0,
                  help="0: every core (the real comparison); k > 0: pin each framework's process "
                  "to k cores and k threads (less sensitive to other load on a shared machine)")

@@ -17,7 +17,8 @@ half-pixel centres (mmseg's align_corners=False). The heads are this file's eith
 `input_normalisation` says what the weights expect (`input_norm`).
 
 Parameters are float32; `dtype` sets the compute precision; logits are float32. 1x1 convs are
-dots over channels (XLA:CPU runs them 2-4x faster than a 1x1 convolution, measured with jax 0.10).
+dots over channels (XLA:CPU runs them 2-4x faster than a 1x1 convolution, measured with jax 0.10);
+the kernel gradient of the wider 3x3 convs is one dot per tap on the CPU (`conv_kernel_grad`).
 """
 
 import functools
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seat_jax.models import conv_kernel_grad
 from seat_jax.models import input_norm
 from seat_jax.models.seat_norm import SeatNorm, check_domain, check_norm_mode
 
@@ -71,7 +73,8 @@ class Conv2D(nn.Module):
   A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster),
   unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample) then has
   the same output size expression, floor((n - 1) / s) + 1, which symbolic shapes (export) need
-  to add the two branches.
+  to add the two branches. Larger kernels between wide layers take `conv_kernel_grad.conv2d`
+  (same forward; a faster kernel gradient on the CPU).
   """
   features: int
   kernel_size: int = 1
@@ -95,6 +98,8 @@ class Conv2D(nn.Module):
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
       y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    elif conv_kernel_grad.uses_tap_kernel_grad(x.shape[-1], self.features, k):
+      y = conv_kernel_grad.conv2d(x, kernel, self.stride, self.padding, self.dilation)
     else:
       y = lax.conv_general_dilated(
           x, kernel,

@@ -1,0 +1,85 @@
+"""NHWC convolution whose kernel gradient is, on the CPU, one dot per kernel tap.
+
+Why: XLA:CPU (jax 0.10.2) computes a convolution's kernel gradient as another convolution whose
+window is the whole feature map. For the ResNet's 3x3 convolutions that ran 1.7-1.9x slower than
+PyTorch's oneDNN kernel (33x65 map, 512 -> 512 channels, dilation 4: 147 ms against 84 ms),
+while the same gradient written as k*k dots, dy^T @ x shifted by tap (i, j), took 78-88 ms
+(`benchmarks/conv_kernel_grad.py`). It loses where the output has few channels (the heads' 19
+classes: 101 against 61 ms) or the input few (the RGB stem), so the model uses it only where both
+have at least `MIN_CHANNELS`. On any other platform (cuDNN's backward-filter on GPUs) the
+gradient is the usual one: `lax.platform_dependent` picks the branch when the step is lowered.
+The input gradient is XLA's own in both cases.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MIN_CHANNELS = 32  # both sides; measured crossover between the dots and XLA's kernel gradient
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, kernel, stride: int, padding: int, dilation: int):
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=_DIMENSIONS)
+
+
+def kernel_grad_by_taps(x, grad_out, kernel_size: int, stride: int, padding: int,
+                        dilation: int):
+  """d loss / d kernel [k, k, Ci, Co] (float32) from the input x [N, H, W, Ci] and d loss /
+  d output [N, Ho, Wo, Co]: for each tap (i, j), grad_out^T @ (x padded, shifted by
+  (i, j) * dilation, strided), contracted over N, Ho and Wo."""
+  n, ho, wo, _ = grad_out.shape
+  channels = x.shape[-1]
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  taps = []
+  for i in range(kernel_size):
+    for j in range(kernel_size):
+      start = (0, i * dilation, j * dilation, 0)
+      limit = (n, start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1, channels)
+      shifted = lax.slice(padded, start, limit, (1, stride, stride, 1))
+      taps.append(lax.dot_general(grad_out, shifted, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                   preferred_element_type=jnp.float32))
+  kernel_t = jnp.stack(taps).reshape(kernel_size, kernel_size, *taps[0].shape)  # [k, k, Co, Ci]
+  return jnp.swapaxes(kernel_t, 2, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1):
+  """`lax.conv_general_dilated` (NHWC, HWIO, square stride/padding/dilation); same forward."""
+  return _conv(x, kernel, stride, padding, dilation)
+
+
+def _forward(x, kernel, stride, padding, dilation):
+  return _conv(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _backward(stride, padding, dilation, residuals, grad_out):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, stride, padding, dilation), x)
+  (grad_x,) = input_vjp(grad_out)
+
+  def xla_kernel_grad(x, grad_out):
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, stride, padding, dilation), kernel)
+    return kernel_vjp(grad_out)[0]
+
+  def tap_kernel_grad(x, grad_out):
+    return kernel_grad_by_taps(x, grad_out, kernel.shape[0], stride, padding,
+                               dilation).astype(kernel.dtype)
+
+  grad_kernel = lax.platform_dependent(x, grad_out, cpu=tap_kernel_grad,
+                                       default=xla_kernel_grad)
+  return grad_x, grad_kernel
+
+
+conv2d.defvjp(_forward, _backward)
+
+
+def uses_tap_kernel_grad(in_channels: int, out_channels: int, kernel_size: int) -> bool:
+  """Whether the model routes a convolution through `conv2d` (see MIN_CHANNELS)."""
+  return kernel_size > 1 and min(in_channels, out_channels) >= MIN_CHANNELS
+
