@@ -684,15 +684,19 @@ def _rare_class_sampling(config, domain: str, data_source, from_tfds: bool, labe
   return sampling, crop
 
 
+# Said by config validation (before a run) and here (direct API use) alike.
+CAT_MAX_RATIO_WITH_PSEUDO_LABELS = (
+    "config.data.source.cat_max_ratio < 1 checks crops on the stored source labels; it cannot "
+    "be combined with config.data.source.pseudo_label_dir")
+
+
 def _category_ratio_check(config, domain: str, labels_from: str) -> CategoryRatioCheck | None:
   """The source stream's crop check when config.data.source.cat_max_ratio < 1, else None."""
   ratio = float(config.data.source.get("cat_max_ratio", 1.0))
   if domain != "source" or ratio >= 1.0 or not config.data.source.get("crop_hw"):
     return None
   if labels_from:
-    raise errors.UsageError(
-        "config.data.source.cat_max_ratio < 1 checks crops on the stored source labels; it "
-        "cannot be combined with config.data.source.pseudo_label_dir. Set cat_max_ratio=1.")
+    raise errors.UsageError(CAT_MAX_RATIO_WITH_PSEUDO_LABELS + ". Set cat_max_ratio=1.")
   return CategoryRatioCheck(ratio, label_lut(config.data.label_space, config.data.source.name))
 
 

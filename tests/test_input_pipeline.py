@@ -508,3 +508,7 @@ def test_cat_max_ratio_config_applies_to_source_crops_only():
     config.data.source.cat_max_ratio = bad
     with pytest.raises(config_validation.ConfigError, match="cat_max_ratio"):
       config_validation.validate(config)
+  config.data.source.cat_max_ratio = 0.75
+  config.data.source.pseudo_label_dir = "/some/labels"
+  with pytest.raises(config_validation.ConfigError, match="combined with config.data.source.pse"):
+    config_validation.validate(config)
