@@ -4,7 +4,8 @@ Why: XLA:CPU (jax 0.10.2) computes a convolution's kernel gradient as another co
 window is the whole feature map. For the ResNet's 3x3 convolutions that ran 1.7-1.9x slower than
 PyTorch's oneDNN kernel (33x65 map, 512 -> 512 channels, dilation 4: 147 ms against 84 ms),
 while the same gradient written as k*k dots, dy^T @ x shifted by tap (i, j), took 78-88 ms
-(`benchmarks/conv_kernel_grad.py`). It loses where the output has few channels (the heads' 19
+(`benchmarks/train_step.py --profile_ops`; the whole step: `--variants=reference,xla_kernel_grad`,
+benchmarks/RESULTS.md). It loses where the output has few channels (the heads' 19
 classes: 101 against 61 ms) or the input few (the RGB stem), so the model uses it only where both
 have at least `MIN_CHANNELS`. On any other platform (cuDNN's backward-filter on GPUs) the
 gradient is the usual one: `lax.platform_dependent` picks the branch when the step is lowered.
@@ -82,4 +83,3 @@ conv2d.defvjp(_forward, _backward)
 def uses_tap_kernel_grad(in_channels: int, out_channels: int, kernel_size: int) -> bool:
   """Whether the model routes a convolution through `conv2d` (see MIN_CHANNELS)."""
   return kernel_size > 1 and min(in_channels, out_channels) >= MIN_CHANNELS
-
