@@ -6,7 +6,6 @@ from seat_jax import adversary
 from seat_jax import config_defaults
 from seat_jax import datasets
 from seat_jax import errors
-from seat_jax import input_pipeline
 from seat_jax import labels
 from seat_jax import losses
 from seat_jax import methods
@@ -125,6 +124,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     problems.append(f"config.data.source.cat_max_ratio={cat_max_ratio} must lie in (0, 1] "
                     "(DAFormer: 0.75; 1 = off)")
   elif cat_max_ratio < 1.0 and config.data.source.get("pseudo_label_dir"):
+    # Here, not at the top: the pipeline (and grain) would load for every validation, also
+    # `seat_jax.segment`'s, for one message.
+    from seat_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     problems.append(input_pipeline.CAT_MAX_RATIO_WITH_PSEUDO_LABELS)
   if not 0.0 <= float(config.data.get("blur_probability", 0.0)) <= 1.0:
     problems.append(f"config.data.blur_probability={config.data.blur_probability} must lie in "
