@@ -68,3 +68,26 @@ def test_only_wide_kernels_take_the_tap_gradient():
   assert not conv_kernel_grad.uses_tap_kernel_grad(3, 64, 7)  # RGB stem
   assert not conv_kernel_grad.uses_tap_kernel_grad(2048, 19, 3)  # heads: 19 classes
   assert not conv_kernel_grad.uses_tap_kernel_grad(256, 256, 1)  # 1x1: already a dot
+
+
+def test_dot_1x1_gradients_equal_autodiff_of_the_dot():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 5, 7, 12)).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(12, 20)).astype(np.float32))
+  cotangent = jnp.asarray(rng.normal(size=(2, 5, 7, 20)).astype(np.float32))
+
+  def dot(x, k):
+    return lax.dot_general(x, k, (((3,), (0,)), ((), ())))
+
+  got_y, got_vjp = jax.vjp(conv_kernel_grad.dot_1x1, x, kernel)
+  want_y, want_vjp = jax.vjp(dot, x, kernel)
+  np.testing.assert_array_equal(got_y, want_y)
+  got, want = jax.jit(got_vjp)(cotangent), jax.jit(want_vjp)(cotangent)
+  np.testing.assert_array_equal(got[0], want[0])  # input gradient: the same dot
+  # kernel gradient: x^T dy instead of (dy^T x)^T, 70 products per entry in another order
+  magnitude = jax.vjp(dot, jnp.abs(x), jnp.abs(kernel))[1](jnp.abs(cotangent))[1]
+  eps = float(np.finfo(np.float32).eps)
+  np.testing.assert_array_less(np.abs(got[1] - want[1]), 2 * 70 * eps * magnitude + 1e-30)
+  bf16 = jax.grad(lambda k: jnp.sum(conv_kernel_grad.dot_1x1(
+      x.astype(jnp.bfloat16), k).astype(jnp.float32)))(kernel.astype(jnp.bfloat16))
+  assert bf16.dtype == jnp.bfloat16

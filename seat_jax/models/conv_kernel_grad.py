@@ -10,6 +10,13 @@ classes: 101 against 61 ms) or the input few (the RGB stem), so the model uses i
 have at least `MIN_CHANNELS`. On any other platform (cuDNN's backward-filter on GPUs) the
 gradient is the usual one: `lax.platform_dependent` picks the branch when the step is lowered.
 The input gradient is XLA's own in both cases.
+
+`dot_1x1` is the same idea for the 1x1 convolutions (dots over channels): JAX's transpose rule
+writes their kernel gradient as dy^T @ x, and XLA:CPU then copies dy, the BN backward's fused
+output, into channel-major order, recomputing that fusion with strided writes (the
+`copy_bitcast_fusion`s of a profile, ~0.4 s of a 2.2 s 128x256 iteration). Written as x^T @ dy
+the copy is of x instead, an activation already in memory: 14.5 against 32 ms for a
+33x65 map, 512 -> 2048 channels (`benchmarks/train_step.py --profile_ops`).
 """
 
 import functools
@@ -83,3 +90,35 @@ conv2d.defvjp(_forward, _backward)
 def uses_tap_kernel_grad(in_channels: int, out_channels: int, kernel_size: int) -> bool:
   """Whether the model routes a convolution through `conv2d` (see MIN_CHANNELS)."""
   return kernel_size > 1 and min(in_channels, out_channels) >= MIN_CHANNELS
+
+
+def _dot_channels(x, kernel):
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def dot_1x1(x, kernel):
+  """x [..., Ci] @ kernel [Ci, Co]: a 1x1 convolution; same forward and input gradient."""
+  return _dot_channels(x, kernel)
+
+
+def _dot_forward(x, kernel):
+  return _dot_channels(x, kernel), (x, kernel)
+
+
+def _dot_backward(residuals, grad_out):
+  x, kernel = residuals
+  grad_x = lax.dot_general(grad_out, kernel, (((grad_out.ndim - 1,), (1,)), ((), ())))
+  batch_dims = tuple(range(x.ndim - 1))
+
+  def x_transposed(x, grad_out):
+    return lax.dot_general(x, grad_out.astype(x.dtype), ((batch_dims, batch_dims), ((), ())))
+
+  def jax_rule(x, grad_out):
+    return jax.vjp(lambda k: _dot_channels(x, k), kernel)[1](grad_out)[0]
+
+  grad_kernel = lax.platform_dependent(x, grad_out, cpu=x_transposed, default=jax_rule)
+  return grad_x, grad_kernel
+
+
+dot_1x1.defvjp(_dot_forward, _dot_backward)

@@ -32,7 +32,9 @@ import numpy as np
 from jax import lax
 
 from seat_jax.models import conv_kernel_grad
+from seat_jax.models import dilated_sum
 from seat_jax.models import input_norm
+from seat_jax.models.materialise import materialise
 from seat_jax.models.seat_norm import SeatNorm, check_domain, check_norm_mode
 
 RESNET101_STAGES = (3, 4, 23, 3)
@@ -97,7 +99,7 @@ class Conv2D(nn.Module):
     if k == 1 and self.padding == 0 and self.dot_1x1:
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
-      y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+      y = conv_kernel_grad.dot_1x1(x, kernel[0, 0])
     elif conv_kernel_grad.uses_tap_kernel_grad(x.shape[-1], self.features, k):
       y = conv_kernel_grad.conv2d(x, kernel, self.stride, self.padding, self.dilation)
     else:
@@ -183,7 +185,8 @@ class Bottleneck(nn.Module):
       x = conv(self.planes * BOTTLENECK_EXPANSION, 1, stride=self.stride,
                dot_1x1=not (self.stride_in_3x3 and self.stride > 1), name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, domain, train)
-    return nn.relu(y + x.astype(y.dtype))
+    # the residual stream: computed once, not inside every fusion that reads it (materialise)
+    return materialise(nn.relu(y + x.astype(y.dtype)))
 
 
 class ResNetStage(nn.Module):
@@ -216,10 +219,26 @@ class ResNetStage(nn.Module):
     return x
 
 
+class BranchParams(nn.Module):
+  """The kernel [3, 3, Cin, classes] and bias of one head branch, created as `Conv2D` creates
+  them (same names, order and initialisers), so checkpoints and converters see one layout."""
+  features: int
+  in_features: int
+  bias_init: Callable
+
+  @nn.compact
+  def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+    kernel = self.param("kernel", conv_kernel_init, (3, 3, self.in_features, self.features),
+                        jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    return kernel, bias
+
+
 class DilatedSumHead(nn.Module):
   """DeepLab-V2 classifier: the sum of parallel dilated 3x3 convs with bias, float32 out.
 
-  All `len(dilations)` branches exist as params; only the first `num_used` are summed.
+  All `len(dilations)` branches exist as params; only the first `num_used` are summed, by
+  `dilated_sum.dilated_conv_sum` (one matrix product on the CPU, the convolutions elsewhere).
   """
   num_classes: int
   dilations: Sequence[int]
@@ -229,17 +248,14 @@ class DilatedSumHead(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     bias_init = _uniform(1.0 / math.sqrt(9 * x.shape[-1]))  # PyTorch default, fan_in = 9 * Cin
-    logits = None
-    for j, d in enumerate(self.dilations):
-      branch = Conv2D(
-          self.num_classes, 3, padding=d, dilation=d, use_bias=True, bias_init=bias_init,
-          dtype=self.dtype, output_dtype=jnp.float32, name=f"branch{j}")
-      if j < self.num_used:
-        y = branch(x)
-        logits = y if logits is None else logits + y
-      elif self.is_initializing():
-        branch(x)  # creates the unused branch's params; the output is dead code under jit
-    return logits
+    branches = [BranchParams(self.num_classes, x.shape[-1], bias_init, name=f"branch{j}")()
+                for j in range(len(self.dilations))]  # every branch's params exist
+    used = branches[:self.num_used]
+    x = x.astype(self.dtype)
+    logits = dilated_sum.dilated_conv_sum(
+        x, tuple(kernel.astype(self.dtype) for kernel, _ in used),
+        tuple(self.dilations[:self.num_used]))
+    return logits + sum(bias for _, bias in used)
 
 
 class DeepLabV2(nn.Module):
