@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from seat_jax import huge_pages  # no JAX import: the parent stays light
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
 # Dense peaks in FLOP/s from the vendors' data sheets (SXM parts); float32 is the non-tensor-core
@@ -212,7 +214,10 @@ def run_job(job: tuple[str, ...], sizes: dict) -> dict:
 def _in_subprocess(job, sizes: dict, timeout: float) -> dict:
   cmd = [sys.executable, __file__, "--job=" + ":".join(job), "--sizes=" + json.dumps(sizes)]
   try:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    # each framework as its users start it: seat_jax's commands with huge pages (huge_pages)
+    env = None if job[0] == "torch" else huge_pages.environment()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                            env=env)
   except subprocess.TimeoutExpired:
     return {"part": job[0], "args": job[1:], "failed": f"timed out after {timeout:.0f} s"}
   lines = [l for l in result.stdout.splitlines() if l.startswith("{")]

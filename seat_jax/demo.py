@@ -28,6 +28,7 @@ from absl import flags
 from etils import epath
 
 from seat_jax import cli
+from seat_jax import huge_pages
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where all runs and the table go.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the demo preset).")
@@ -227,4 +228,5 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   sys.exit(cli.run(run))

@@ -16,7 +16,8 @@ writes their kernel gradient as dy^T @ x, and XLA:CPU then copies dy, the BN bac
 output, into channel-major order, recomputing that fusion with strided writes (the
 `copy_bitcast_fusion`s of a profile, ~0.4 s of a 2.2 s 128x256 iteration). Written as x^T @ dy
 the copy is of x instead, an activation already in memory: 14.5 against 32 ms for a
-33x65 map, 512 -> 2048 channels (`benchmarks/train_step.py --profile_ops`).
+33x65 map, 512 -> 2048 channels (benchmarks/RESULTS.md, 2026-12-04). That pays only once the
+residual stream is in memory (`materialise`); before, the copy of x recomputed the stream.
 """
 
 import functools
