@@ -30,7 +30,8 @@ MIN_CHANNELS = 32  # both sides; measured crossover between the dots and XLA's k
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv(x, kernel, stride: int, padding: int, dilation: int):
+def nhwc_conv(x, kernel, stride: int, padding: int, dilation: int):
+  """XLA's convolution: NHWC input, HWIO kernel, square stride, padding and dilation."""
   return lax.conv_general_dilated(
       x, kernel, window_strides=(stride, stride),
       padding=((padding, padding), (padding, padding)),
@@ -60,20 +61,20 @@ def kernel_grad_by_taps(x, grad_out, kernel_size: int, stride: int, padding: int
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1):
   """`lax.conv_general_dilated` (NHWC, HWIO, square stride/padding/dilation); same forward."""
-  return _conv(x, kernel, stride, padding, dilation)
+  return nhwc_conv(x, kernel, stride, padding, dilation)
 
 
 def _forward(x, kernel, stride, padding, dilation):
-  return _conv(x, kernel, stride, padding, dilation), (x, kernel)
+  return nhwc_conv(x, kernel, stride, padding, dilation), (x, kernel)
 
 
 def _backward(stride, padding, dilation, residuals, grad_out):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, stride, padding, dilation), x)
+  _, input_vjp = jax.vjp(lambda x_: nhwc_conv(x_, kernel, stride, padding, dilation), x)
   (grad_x,) = input_vjp(grad_out)
 
   def xla_kernel_grad(x, grad_out):
-    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, stride, padding, dilation), kernel)
+    _, kernel_vjp = jax.vjp(lambda k: nhwc_conv(x, k, stride, padding, dilation), kernel)
     return kernel_vjp(grad_out)[0]
 
   def tap_kernel_grad(x, grad_out):

@@ -105,12 +105,7 @@ class Conv2D(nn.Module):
     elif conv_kernel_grad.uses_tap_kernel_grad(x.shape[-1], self.features, k):
       y = conv_kernel_grad.conv2d(x, kernel, self.stride, self.padding, self.dilation)
     else:
-      y = lax.conv_general_dilated(
-          x, kernel,
-          window_strides=(self.stride, self.stride),
-          padding=((self.padding, self.padding), (self.padding, self.padding)),
-          rhs_dilation=(self.dilation, self.dilation),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = conv_kernel_grad.nhwc_conv(x, kernel, self.stride, self.padding, self.dilation)
     if self.output_dtype is not None:
       y = y.astype(self.output_dtype)
     if self.use_bias:

@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
+from seat_jax.models.conv_kernel_grad import nhwc_conv
 
 def _reaches_inside(offset: int, size) -> bool:
   # a symbolic size (jax.export) could be any: keep the tap, it reads zeros where it is outside
@@ -45,12 +44,17 @@ def _taps(dilations: Sequence[int], height, width):
   return list(taps.items())
 
 
+def _padded(z, offsets):
+  """z padded with zeros on H and W by the largest offset: (padded, pad_h, pad_w)."""
+  pad_h = max(abs(di) for di, _ in offsets)
+  pad_w = max(abs(dj) for _, dj in offsets)
+  return jnp.pad(z, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0))), pad_h, pad_w
+
+
 def _shift_sum(z, offsets, channels: int):
   """sum over t of z[..., t*C:(t+1)*C] read at p + offset_t (zero outside), for [N, H, W, T*C]."""
   _, height, width, _ = z.shape
-  pad_h = max(abs(di) for di, _ in offsets)
-  pad_w = max(abs(dj) for _, dj in offsets)
-  padded = jnp.pad(z, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+  padded, pad_h, pad_w = _padded(z, offsets)
   total = None
   for t, (di, dj) in enumerate(offsets):
     part = padded[:, pad_h + di:pad_h + di + height, pad_w + dj:pad_w + dj + width,
@@ -62,9 +66,7 @@ def _shift_sum(z, offsets, channels: int):
 def _shift_stack(dy, offsets):
   """[N, H, W, T*C]: dy read at p - offset_t (zero outside), side by side for every tap."""
   _, height, width, _ = dy.shape
-  pad_h = max(abs(di) for di, _ in offsets)
-  pad_w = max(abs(dj) for _, dj in offsets)
-  padded = jnp.pad(dy, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+  padded, pad_h, pad_w = _padded(dy, offsets)
   return jnp.concatenate([
       padded[:, pad_h - di:pad_h - di + height, pad_w - dj:pad_w - dj + width, :]
       for di, dj in offsets], axis=-1)
@@ -101,8 +103,7 @@ def _gemm_backward(x, kernels, grad_out, dilations):
 def _conv_forward(x, kernels, dilations):
   total = None
   for kernel, d in zip(kernels, dilations):
-    y = lax.conv_general_dilated(x, kernel, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
-                                 dimension_numbers=_DIMENSIONS).astype(jnp.float32)
+    y = nhwc_conv(x, kernel, 1, d, d).astype(jnp.float32)
     total = y if total is None else total + y
   return total
 
