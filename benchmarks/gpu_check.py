@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from seat_jax import huge_pages  # no JAX import: the parent stays light
+from seat_jax import cpu_malloc  # no JAX import: the parent stays light
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
@@ -214,8 +214,12 @@ def run_job(job: tuple[str, ...], sizes: dict) -> dict:
 def _in_subprocess(job, sizes: dict, timeout: float) -> dict:
   cmd = [sys.executable, __file__, "--job=" + ":".join(job), "--sizes=" + json.dumps(sizes)]
   try:
-    # each framework as its users start it: seat_jax's commands with huge pages (huge_pages)
-    env = None if job[0] == "torch" else huge_pages.environment()
+    # each framework as its docs start it: seat_jax with its CPU malloc settings (cpu_malloc),
+    # one arena for the full-size model, as docs/benchmarks.md advises for CPU runs of it
+    env = None
+    if job[0] != "torch":
+      mode = "one_arena" if sizes["depth"] == "resnet101" else ""
+      env = cpu_malloc.environment({cpu_malloc.MODE: mode, **os.environ})
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                             env=env)
   except subprocess.TimeoutExpired:

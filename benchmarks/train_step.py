@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seat_jax import config_defaults, huge_pages, labels, models
+from seat_jax import config_defaults, cpu_malloc, labels, models
 from seat_jax.models import conv_kernel_grad
 
 DEPTHS = {"resnet101": ((3, 4, 23, 3), 64), "tiny": ((1, 1, 1, 1), 8)}
@@ -414,8 +414,8 @@ def measure_in_subprocess(argv: list[str], framework: str) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "result.json")
     argv = [a for a in argv if not a.startswith(("--only", "--json"))]
-    # each framework as its users start it: seat_jax's commands with huge pages (huge_pages)
-    env = huge_pages.environment() if framework == "jax" else None
+    # each framework as its users start it: seat_jax with its default CPU malloc settings
+    env = cpu_malloc.environment() if framework == "jax" else None
     subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={framework}",
                     f"--json={out}"], check=True, env=env)
     with open(out) as f:

@@ -28,7 +28,7 @@ from absl import flags
 from etils import epath
 
 from seat_jax import cli
-from seat_jax import huge_pages
+from seat_jax import cpu_malloc
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where all runs and the table go.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the demo preset).")
@@ -228,5 +228,5 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.restart_with_huge_pages()
+  cpu_malloc.restart_with_tuned_malloc()
   sys.exit(cli.run(run))

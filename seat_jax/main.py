@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from seat_jax import cli
-from seat_jax import huge_pages
+from seat_jax import cpu_malloc
 from seat_jax import errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and outputs go.")
@@ -91,5 +91,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.restart_with_huge_pages()
+  cpu_malloc.restart_with_tuned_malloc()
   sys.exit(main())

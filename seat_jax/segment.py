@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from seat_jax import cli
-from seat_jax import huge_pages
+from seat_jax import cpu_malloc
 from seat_jax import errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -609,6 +609,6 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.restart_with_huge_pages()
+  cpu_malloc.restart_with_tuned_malloc()
   define_flags()
   sys.exit(cli.run(run, configs=[_FLAGS["config"]]))
