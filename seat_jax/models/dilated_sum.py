@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seat_jax.models.conv_kernel_grad import nhwc_conv
+from seat_jax.models import conv_kernel_grad
+
 
 def _reaches_inside(offset: int, size) -> bool:
   # a symbolic size (jax.export) could be any: keep the tap, it reads zeros where it is outside
@@ -103,7 +104,7 @@ def _gemm_backward(x, kernels, grad_out, dilations):
 def _conv_forward(x, kernels, dilations):
   total = None
   for kernel, d in zip(kernels, dilations):
-    y = nhwc_conv(x, kernel, 1, d, d).astype(jnp.float32)
+    y = conv_kernel_grad.nhwc_conv(x, kernel, 1, d, d).astype(jnp.float32)
     total = y if total is None else total + y
   return total
 
