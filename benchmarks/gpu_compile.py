@@ -101,6 +101,13 @@ def gpu_devices(card: str):
   return tuple(topo.devices)
 
 
+def cuda_plugin_installed() -> bool:
+  try:
+    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
+  except ImportError:  # no jax_plugins package at all
+    return False
+
+
 def preset_rows(spec: str) -> list[str]:
   """`--presets` entries -> ['configs/gta.py:mul', ...]; 'all' = every row of every file."""
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
@@ -447,9 +454,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  try:
-    import jax_plugins.xla_cuda12  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  # jax 0.10 ships the CUDA 12 plugin (the project's pin, the gpu-compile extra); jax >= 0.11
+  # the CUDA 13 one (jax-cuda13-plugin, -pjrt, nvidia-cuda-nvcc and nvidia-nvvm 13.x).
+  if not cuda_plugin_installed():
     print("gpu_compile.py needs the CUDA plugin (no GPU): pip install -e '.[gpu-compile]'",
           file=sys.stderr)
     return 2

@@ -91,3 +91,29 @@ def test_dot_1x1_gradients_equal_autodiff_of_the_dot():
   bf16 = jax.grad(lambda k: jnp.sum(conv_kernel_grad.dot_1x1(
       x.astype(jnp.bfloat16), k).astype(jnp.float32)))(kernel.astype(jnp.bfloat16))
   assert bf16.dtype == jnp.bfloat16
+
+
+def test_strided_1x1_is_the_strided_convolution_on_every_platform():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, 12)).astype(np.float32))  # odd sizes: ceil(n / 2)
+  kernel = jnp.asarray(rng.normal(size=(1, 1, 12, 20)).astype(np.float32))
+  cotangent = jnp.asarray(rng.normal(size=(2, 5, 6, 20)).astype(np.float32))
+  got_y, got_vjp = jax.vjp(lambda x, k: conv_kernel_grad.strided_1x1(x, k, 2), x, kernel)
+  want_y, want_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, 2, 0, 1), x, kernel)
+  eps = float(np.finfo(np.float32).eps)
+  # 12 products per output (60 per kernel entry) summed in another order than the convolution's
+  y_scale = _xla_conv(jnp.abs(x), jnp.abs(kernel), 2, 0, 1)
+  np.testing.assert_array_less(np.abs(got_y - want_y), 2 * 12 * eps * y_scale + 1e-30)
+  got, want = got_vjp(cotangent), want_vjp(cotangent)
+  scale = jax.vjp(lambda x, k: _xla_conv(x, k, 2, 0, 1), jnp.abs(x), jnp.abs(kernel))[1](
+      jnp.abs(cotangent))
+  for g, w, s in zip(got, want, scale):
+    np.testing.assert_array_less(np.abs(g - w), 2 * 60 * eps * s + 1e-30)
+  # A GPU program holds XLA's strided convolution and no dot: XLA:GPU aborted when its Triton
+  # GEMM fusion took the strided slice of the dot form (benchmarks/RESULTS.md, H200).
+  step = jax.jit(lambda x, k: jax.vjp(lambda x, k: conv_kernel_grad.strided_1x1(x, k, 2),
+                                      x, k)[1](cotangent))
+  for platform, convolutions, dots in (("cuda", 2, 0), ("cpu", 0, 2)):
+    text = step.trace(x, kernel).lower(lowering_platforms=(platform,)).as_text()
+    assert (text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")) == (
+        convolutions, dots), platform

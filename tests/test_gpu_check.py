@@ -1,20 +1,104 @@
-"""benchmarks/gpu_check.py in its CPU smoke mode, so the GPU check is ready when a GPU is lent."""
+"""benchmarks/gpu_check.py in its CPU smoke mode, so the GPU check is ready when a GPU is lent;
+and its pieces that only a GPU run exercises (kernel split, a dead child's error), on made data."""
 
 import json
 
 import helpers
 
+gpu_check = helpers.load_script("benchmarks/gpu_check.py")
+
 
 def test_gpu_check_smoke_measures_every_part_and_prints_the_table(tmp_path, capsys):
-  gpu_check = helpers.load_script("benchmarks/gpu_check.py")
   assert gpu_check.main(["--smoke", f"--json={tmp_path / 'check.json'}"]) == 0
-  rows = json.loads((tmp_path / "check.json").read_text())["rows"]
-  assert [r["part"] for r in rows] == ["iteration", "torch", "pipeline", "eval"]
+  result = json.loads((tmp_path / "check.json").read_text())
+  rows = result["rows"]
+  assert [r["part"] for r in rows] == ["torch", "pipeline", "iteration", "eval"]
   assert not [r for r in rows if "failed" in r or "skipped" in r], rows
-  iteration, torch_row, pipeline, evaluation = rows
+  torch_row, pipeline, iteration, evaluation = rows
   assert iteration["finite"] and iteration["tflop"] > 0 and iteration["xla_peak_gib"] > 0
+  # the profiler ran and found no GPU streams on the CPU
+  assert iteration["profile"] == {"note": "no device kernels in the trace (a CPU run)"}
   assert torch_row["it_per_s"] > 0 and evaluation["images_per_s"] > 0
   assert pipeline["pairs_per_s"] > 0 and pipeline["max_diff_vs_host"] <= 1.001
+  assert result["device"].startswith("cpu:")
   out = capsys.readouterr().out
   assert "| JAX iteration, float32, remat blocks |" in out
   assert "JAX / PyTorch speed" in out and "| input pipeline," in out
+
+
+def test_jobs_put_the_default_iteration_and_pytorch_before_remat_and_evaluation():
+  jobs = gpu_check.jobs(["iteration", "torch", "pipeline", "eval"], ["float32", "bfloat16"],
+                        ["none", "blocks"])
+  assert jobs == [("iteration", "float32", "none"), ("iteration", "bfloat16", "none"),
+                  ("torch", "float32"), ("torch", "bfloat16"), ("pipeline",),
+                  ("iteration", "float32", "blocks"), ("iteration", "bfloat16", "blocks"),
+                  ("eval",)]
+
+
+def test_budget_skips_what_would_start_too_late(tmp_path, capsys):
+  # --min_left above the budget: nothing starts, every part says why, the JSON is still written
+  assert gpu_check.main(["--parts=eval,pipeline", "--budget=5", "--min_left=10",
+                         f"--json={tmp_path / 'c.json'}"]) == 0
+  rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+  assert [(r["part"], r["skipped"]) for r in rows] == [
+      ("pipeline", "--budget=5 s spent"), ("eval", "--budget=5 s spent")]
+  assert "| eval | not measured | --budget=5 s spent |" in capsys.readouterr().out
+
+
+def test_a_mistyped_malloc_mode_stops_before_measuring(monkeypatch, capsys):
+  monkeypatch.setenv("SEAT_JAX_MALLOC", "one_arna")
+  assert gpu_check.main(["--parts=eval"]) == 2
+  assert "SEAT_JAX_MALLOC='one_arna'" in capsys.readouterr().err
+
+
+def test_error_of_a_dead_child_is_xlas_fatal_line_or_the_exception():
+  abort = ("I1204 17:39:18.96 cuda_dnn.cc:442] Loaded cuDNN version 91900\n"
+           "F1204 17:40:28.154734    2197 triton_tiling_propagation.cc:703] Check failed: "
+           "subdim_size_accumulator == dim_size (8385 vs. 257) \n"
+           "*** Check failure stack trace: ***\n    @     0x7f46  absl::LogMessage::Flush()\n")
+  assert gpu_check.error_of(abort).startswith("F1204 17:40:28.154734")
+  assert gpu_check.error_of(abort).endswith("(8385 vs. 257)")
+  traceback = "Traceback (most recent call last):\n  File \"x.py\"\nValueError: bad size\n"
+  assert gpu_check.error_of(traceback) == "ValueError: bad size"
+  assert gpu_check.error_of("") == "no output"
+
+
+def _trace():
+  """A perfetto trace as jax.profiler writes it on a GPU: kernels on the device's stream
+  threads, XLA's op summary on another thread of the device, host events elsewhere."""
+  meta = [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+      {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7, "args": {"name": "Stream #13(Compute)"}},
+      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 8, "args": {"name": "XLA Ops"}},
+      {"ph": "M", "name": "thread_name", "pid": 1, "tid": 9, "args": {"name": "python"}},
+  ]
+  kernels = [("sm90_xmma_fprop_implicit_gemm_bf16", 3000), ("sm90_xmma_dgrad_bf16", 1000),
+             ("cutlass_80_wmma_tensorop_bf16_s161616gemm", 500), ("loop_multiply_fusion", 400),
+             ("loop_multiply_fusion", 200), ("sm90_xmma_fprop_implicit_gemm_bf16", 3000)]
+  events = [{"ph": "X", "pid": 2, "tid": 7, "name": n, "dur": d, "ts": i}
+            for i, (n, d) in enumerate(kernels)]
+  events += [{"ph": "X", "pid": 2, "tid": 8, "name": "convolution.12", "dur": 9999, "ts": 0},
+             {"ph": "X", "pid": 1, "tid": 9, "name": "PjitFunction(step)", "dur": 99999, "ts": 0}]
+  return {"traceEvents": meta + events}
+
+
+def test_kernel_summary_counts_stream_kernels_per_step_by_kind():
+  summary = gpu_check.kernel_summary(_trace(), steps=2, top=2)
+  # 8100 us of stream kernels over 2 steps; XLA's op line and the host are not kernels
+  assert summary["kernel_ms"] == 4.05
+  assert summary["split_ms"] == {"convolution": 3.5, "matrix": 0.25, "other": 0.3}
+  assert summary["top"] == [["sm90_xmma_fprop_implicit_gemm_bf16", 3.0, 1.0],
+                            ["sm90_xmma_dgrad_bf16", 0.5, 0.5]]
+
+
+def test_kernel_summary_of_a_trace_without_device_streams_says_so():
+  trace = {"traceEvents": [e for e in _trace()["traceEvents"] if e["pid"] == 1]}
+  assert gpu_check.kernel_summary(trace, steps=1) == {
+      "note": "no device kernels in the trace (a CPU run)"}
+
+
+def test_kernel_summary_names_the_device_lines_it_did_not_recognise():
+  trace = {"traceEvents": [e for e in _trace()["traceEvents"] if e.get("tid") != 7]}
+  assert gpu_check.kernel_summary(trace, steps=1) == {
+      "note": "no 'Stream' thread on the device", "device_threads": ["XLA Ops"]}

@@ -124,3 +124,23 @@ def _dot_backward(residuals, grad_out):
 
 
 dot_1x1.defvjp(_dot_forward, _dot_backward)
+
+
+def strided_1x1(x, kernel, stride: int):
+  """A 1x1 convolution with `stride` (kernel [1, 1, Ci, Co]): on the CPU a dot over channels on
+  the strided input (faster there); elsewhere XLA's strided convolution. Why not the dot on a
+  GPU: XLA:GPU's Triton GEMM fusion (jax 0.10.2 and 0.11.2) pulls the strided slice into the
+  dot's operand and aborts the process ("Check failed: subdim_size_accumulator == dim_size
+  (8385 vs. 257)", triton_tiling_propagation.cc) when the forward is recomputed
+  (model.remat=blocks); it did so on an H200 (benchmarks/RESULTS.md)."""
+  return lax.platform_dependent(
+      x, kernel, cpu=lambda x, k: dot_1x1(_strided(x, stride), k[0, 0]),
+      default=lambda x, k: nhwc_conv(x, k, stride, 0, 1))
+
+
+def _strided(x, stride: int):
+  """x[:, ::stride, ::stride], its size written as the convolution's, floor((n - 1) / s) + 1, so
+  that symbolic shapes (export to several platforms) see the two branches as the same shape."""
+  n, h, w, c = x.shape
+  limit = (n, stride * ((h - 1) // stride) + 1, stride * ((w - 1) // stride) + 1, c)
+  return lax.slice(x, (0, 0, 0, 0), limit, (1, stride, stride, 1))

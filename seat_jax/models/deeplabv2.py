@@ -74,8 +74,8 @@ def _uniform(bound: float) -> Callable:
 class Conv2D(nn.Module):
   """Square NHWC convolution, HWIO kernel stored float32, computed in `dtype`.
 
-  A 1x1 kernel is applied as a dot over channels on the strided input (same numbers, faster),
-  unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample) then has
+  A 1x1 kernel is applied as a dot over channels (on the CPU also when strided; same numbers,
+  faster), unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample) then has
   the same output size expression, floor((n - 1) / s) + 1, which symbolic shapes (export) need
   to add the two branches. Larger kernels between wide layers take `conv_kernel_grad.conv2d`
   (same forward; a faster kernel gradient on the CPU).
@@ -99,9 +99,8 @@ class Conv2D(nn.Module):
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     if k == 1 and self.padding == 0 and self.dot_1x1:
-      if self.stride > 1:
-        x = x[:, ::self.stride, ::self.stride, :]
-      y = conv_kernel_grad.dot_1x1(x, kernel[0, 0])
+      y = (conv_kernel_grad.strided_1x1(x, kernel, self.stride) if self.stride > 1
+           else conv_kernel_grad.dot_1x1(x, kernel[0, 0]))
     elif conv_kernel_grad.uses_tap_kernel_grad(x.shape[-1], self.features, k):
       y = conv_kernel_grad.conv2d(x, kernel, self.stride, self.padding, self.dilation)
     else:
