@@ -102,3 +102,12 @@ def test_kernel_summary_names_the_device_lines_it_did_not_recognise():
   trace = {"traceEvents": [e for e in _trace()["traceEvents"] if e.get("tid") != 7]}
   assert gpu_check.kernel_summary(trace, steps=1) == {
       "note": "no 'Stream' thread on the device", "device_threads": ["XLA Ops"]}
+
+
+def test_a_profiler_that_fails_loses_no_iteration_figure(monkeypatch):
+  def no_profiler(step, steps):
+    raise RuntimeError("CUPTI could not be loaded")
+  monkeypatch.setattr(gpu_check, "_profiled", no_profiler)
+  row = gpu_check.measure_iteration("float32", "none", {**gpu_check.SMOKE, "steps": 1})
+  assert row["it_per_s"] > 0 and row["xla_peak_gib"] > 0
+  assert row["profile"] == {"note": "profiler failed: RuntimeError: CUPTI could not be loaded"}
