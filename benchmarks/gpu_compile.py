@@ -48,10 +48,12 @@ GIB = 1024 ** 3
 # card has one: JAX's default matmul/convolution precision lets XLA:GPU use TF32 on Ampere and
 # later. V100 has no bfloat16 units: XLA computes bfloat16 there at the float32 rate.
 #   H100 SXM: NVIDIA H100 Tensor Core GPU datasheet (FP32 67, TF32 494.7, BF16 989.4 TFLOPS);
+#   H200 SXM: NVIDIA H200 datasheet (the H100's rates: TF32 494.7, BF16 989.4 dense; 141 GB);
 #   A100 SXM: NVIDIA A100 datasheet (FP32 19.5, TF32 156, BF16 312 TFLOPS);
 #   V100 SXM2: NVIDIA Tesla V100 datasheet (FP32 15.7 TFLOPS; FP16 tensor 125, no BF16).
 CARDS = {
     "h100_sxm": {"name": "H100 SXM 80GB", "float32": 494.7e12, "bfloat16": 989.4e12},
+    "h200": {"name": "H200 SXM 141GB", "float32": 494.7e12, "bfloat16": 989.4e12},
     "a100_sxm_40": {"name": "A100 SXM 40GB", "float32": 156e12, "bfloat16": 312e12},
     "v100": {"name": "V100 SXM2 16GB", "float32": 15.7e12, "bfloat16": 15.7e12},
 }
