@@ -74,11 +74,6 @@ def _peak_flops(dtype: str):
   return next((peaks[dtype] for name, peaks in PEAK_FLOPS.items() if name in kind), None)
 
 
-def _flops(cost) -> float | None:
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get("flops", 0.0)) or None
-
-
 def _profiled(step, steps: int) -> dict | None:
   """The device kernels of `steps` calls of step(), from a JAX profiler trace (None: steps 0)."""
   if not steps:
@@ -162,6 +157,7 @@ def measure_iteration(dtype: str, remat: str, sizes: dict) -> dict:
   from seat_jax import input_pipeline as ip, train_step  # pylint: disable=g-import-not-at-top,multiple-imports
   sys.path.insert(0, str(REPO / "benchmarks"))
   import memory  # pylint: disable=g-import-not-at-top  (benchmarks/memory.py)
+  import gpu_compile  # pylint: disable=g-import-not-at-top  (benchmarks/gpu_compile.py)
 
   config = _config(dtype, remat, sizes)
   trainer = train_step.build_trainer(config)
@@ -179,7 +175,7 @@ def measure_iteration(dtype: str, remat: str, sizes: dict) -> dict:
   compile_s = time.perf_counter() - start
   # The unoptimised module's count: in the compiled GPU executable cuDNN's convolutions are
   # custom calls that XLA's cost analysis does not count (it gave 0.06 of 4.7 TFLOP on an H200).
-  flops = _flops(lowered.cost_analysis()) or _flops(compiled.cost_analysis()) or 0.0
+  flops = gpu_compile.lowered_flops(lowered) or gpu_compile.lowered_flops(compiled) or 0.0
   holder = {"state": state}
 
   def step():
@@ -322,7 +318,8 @@ def error_of(stderr: str) -> str:
   where there is one (its stack trace follows it), else the last line (Python's exception)."""
   lines = [l.strip() for l in stderr.splitlines() if l.strip()]
   fatal = [l for l in lines if re.match(r"F\d{4} ", l)]
-  return ((fatal or lines or ["no output"])[-1 if not fatal else 0])[:500]
+  reason = fatal[0] if fatal else lines[-1] if lines else "no output"
+  return reason[:500]
 
 
 def table(rows: list[dict], device: str, sizes: dict) -> str:

@@ -202,7 +202,8 @@ def memory_peak_gib(compiled) -> float:
 
 def lowered_flops(lowered) -> float | None:
   """XLA's FLOP count of a lowered (unoptimised) module. Lower for the host CPU: a module lowered
-  for an abstract GPU has no cost analysis, and the unoptimised HLO is the same on both."""
+  for an abstract GPU has no cost analysis, and the unoptimised HLO is the same on both. (A
+  compiled executable works too; it counts the optimised module.)"""
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = (cost or {}).get("flops")

@@ -69,7 +69,8 @@ def _trace():
   meta = [
       {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
       {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
-      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7, "args": {"name": "Stream #13(Compute)"}},
+      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7,
+       "args": {"name": "Stream #13(Compute)"}},
       {"ph": "M", "name": "thread_name", "pid": 2, "tid": 8, "args": {"name": "XLA Ops"}},
       {"ph": "M", "name": "thread_name", "pid": 1, "tid": 9, "args": {"name": "python"}},
   ]

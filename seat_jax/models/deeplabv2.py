@@ -75,10 +75,10 @@ class Conv2D(nn.Module):
   """Square NHWC convolution, HWIO kernel stored float32, computed in `dtype`.
 
   A 1x1 kernel is applied as a dot over channels (on the CPU also when strided; same numbers,
-  faster), unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample) then has
-  the same output size expression, floor((n - 1) / s) + 1, which symbolic shapes (export) need
-  to add the two branches. Larger kernels between wide layers take `conv_kernel_grad.conv2d`
-  (same forward; a faster kernel gradient on the CPU).
+  faster), unless `dot_1x1` is False: a strided 1x1 beside a strided 3x3 (the V1c downsample)
+  then has the same output size expression, floor((n - 1) / s) + 1, which symbolic shapes
+  (export) need to add the two branches. Larger kernels between wide layers take
+  `conv_kernel_grad.conv2d` (same forward; a faster kernel gradient on the CPU).
   """
   features: int
   kernel_size: int = 1
