@@ -1,6 +1,6 @@
 """The one GPU check: the figures benchmarks/RESULTS.md asks for, in one command and one table.
 
-    python benchmarks/gpu_check.py                   # on a GPU: the paper's sizes, ~8 minutes
+    python benchmarks/gpu_check.py                   # on a GPU: the paper's sizes, ~10 minutes
     python benchmarks/gpu_check.py --json=$OUT/gpu_check.json --budget=480
     python benchmarks/gpu_check.py --smoke           # CPU, tiny model and sizes (in the tests)
     python benchmarks/gpu_check.py --parts=iteration,torch --hw=128,256 --dtypes=float32 \
@@ -14,6 +14,9 @@ Measures, on the first device JAX sees, the most wanted first (--budget drops th
              dense peak (TF32 for float32, as XLA:GPU computes it), peak memory (XLA's buffer
              assignment and the allocator's peak), and the device kernels of 3 traced steps
              (convolution / other matrix / the rest, and the top kernels);
+             Then the iteration again with each `--compare` config override (default
+             train.joint_pass=True, source and target in one segmenter pass), in bfloat16 when
+             measured, and its speed against the default's;
   torch      the PyTorch reference iteration (tests/torch_iteration.py: AdaptSegNet's loop with
              SEAT norms, the same sizes, cudnn.benchmark on) in float32 and bf16 autocast, and
              the JAX/PyTorch ratio; its peak is taken after the warm-up steps;
@@ -61,10 +64,13 @@ PARTS = ("iteration", "torch", "pipeline", "eval")
 
 def _config(dtype: str, remat: str, sizes: dict):
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import gpu_compile  # pylint: disable=g-import-not-at-top  (benchmarks/gpu_compile.py)
   config = presets.gta("mul")
   config.model.dtype, config.model.remat = dtype, remat
   if sizes["depth"] == "tiny":
     config.model.stage_sizes, config.model.base_width = (1, 1, 1, 1), 8
+  config.update_from_flattened_dict(dict(map(gpu_compile.parse_override, sizes.get("set", ()))))
   return config
 
 
@@ -272,12 +278,15 @@ def measure_eval(sizes: dict) -> dict:
           "device": _device_name()}
 
 
-def jobs(parts, dtypes, remats) -> list[tuple[str, ...]]:
+def jobs(parts, dtypes, remats, compare=()) -> list[tuple[str, ...]]:
   """The measurements, the most wanted first (a --budget cut drops the last): the iteration as
-  trained by default, PyTorch's for the ratio, the input pipeline, remat's variants, evaluation."""
+  trained by default, PyTorch's for the ratio, the compared config variants (bfloat16 if
+  measured), the input pipeline, remat's variants, evaluation."""
   iterations = [("iteration", d, r) for r in remats for d in dtypes] if "iteration" in parts else []
   out = [j for j in iterations if j[2] == "none"]
   out += [("torch", d) for d in dtypes] if "torch" in parts else []
+  variant_dtype = "bfloat16" if "bfloat16" in dtypes else dtypes[0]
+  out += [("iteration", variant_dtype, "none", c) for c in compare] if "iteration" in parts else []
   out += [("pipeline",)] if "pipeline" in parts else []
   out += [j for j in iterations if j[2] != "none"]
   return out + ([("eval",)] if "eval" in parts else [])
@@ -287,10 +296,14 @@ def run_job(job: tuple[str, ...], sizes: dict) -> dict:
   part, *args = job
   fn = {"iteration": measure_iteration, "torch": measure_torch, "pipeline": measure_pipeline,
         "eval": measure_eval}[part]
+  variant = args[2:] if part == "iteration" else []  # a compared variant's config overrides
+  if variant:
+    args, sizes = args[:2], {**sizes, "set": [*sizes.get("set", ()), *variant]}
   try:
-    return fn(*args, sizes)
+    row = fn(*args, sizes)
   except Exception as e:  # pylint: disable=broad-except  (report and go on to the next part)
-    return {"part": part, "args": args, "failed": f"{type(e).__name__}: {e}"[:500]}
+    row = {"part": part, "args": [*args, *variant], "failed": f"{type(e).__name__}: {e}"[:500]}
+  return {**row, "variant": variant} if variant else row
 
 
 def _in_subprocess(job, sizes: dict, timeout: float) -> dict:
@@ -325,18 +338,23 @@ def error_of(stderr: str) -> str:
 def table(rows: list[dict], device: str, sizes: dict) -> str:
   """The results as markdown rows in benchmarks/RESULTS.md's format."""
   lines = [f"Device: {device}, {sizes['depth']}. Iteration: source {sizes['source_hw'][0]}x{sizes['source_hw'][1]}"
-           f" + target {sizes['target_hw'][0]}x{sizes['target_hw'][1]} (H x W), batch 1 + 1.", "",
+           f" + target {sizes['target_hw'][0]}x{sizes['target_hw'][1]} (H x W), batch 1 + 1"
+           + "".join(f", {s}" for s in sizes.get("set", ())) + ".", "",
            "| measurement | result | details |", "|---|---|---|"]
   jax_it = {(r["dtype"], r["remat"]): r["it_per_s"] for r in rows
-            if r["part"] == "iteration" and "it_per_s" in r}
+            if r["part"] == "iteration" and "it_per_s" in r and not r.get("variant")}
   for r in rows:
     if "failed" in r or "skipped" in r:
       name = " ".join([r["part"], *(r.get("args") or [r.get("dtype", "")])]).strip()
       lines.append(f"| {name} | not measured | {r.get('failed') or r.get('skipped')} |")
     elif r["part"] == "iteration":
       mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (unknown peak)"
-      lines.append(f"| JAX iteration, {r['dtype']}, remat {r['remat']} | {r['it_per_s']} it/s "
-                   f"({r['ms']} ms) | {r['tflop']} TFLOP/it (XLA), MFU {mfu}, peak "
+      variant = "".join(f", {v}" for v in r.get("variant", ()))
+      default = jax_it.get((r["dtype"], r["remat"])) if variant else None
+      versus = f"{r['it_per_s'] / default:.2f}x the default's speed, " if default else ""
+      lines.append(f"| JAX iteration, {r['dtype']}, remat {r['remat']}{variant} | "
+                   f"{r['it_per_s']} it/s ({r['ms']} ms) | {versus}"
+                   f"{r['tflop']} TFLOP/it (XLA), MFU {mfu}, peak "
                    f"{r['xla_peak_gib']} GiB (XLA) / {r['device_peak_gib']} GiB (device), "
                    f"compile {r['compile_s']} s |")
       if "kernel_ms" in r.get("profile", {}):
@@ -375,6 +393,12 @@ def main(argv=None) -> int:
                       help="default none (smoke: blocks); none,blocks adds ~2.5 min on an H200")
   parser.add_argument("--profile_steps", type=int, default=-1,
                       help="iteration steps traced for the kernel split (paper 3, smoke 1; 0: off)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config override of the JAX iteration, as gpu_compile.py's (e.g. "
+                           "train.joint_pass=False: the references' two segmenter passes)")
+  parser.add_argument("--compare", action="append", default=None, metavar="KEY=VALUE",
+                      help="measure the iteration again with this config override (bfloat16); "
+                           "default train.joint_pass=True (smoke: none); --compare= for none")
   parser.add_argument("--json", default="", help="also write every result to this file")
   parser.add_argument("--timeout", type=float, default=240.0, help="seconds per measurement")
   parser.add_argument("--budget", type=float, default=0.0,
@@ -399,6 +423,8 @@ def main(argv=None) -> int:
   sizes.update({k: v for k, v in (("depth", args.depth), ("steps", args.steps)) if v})
   if args.profile_steps >= 0:
     sizes["profile_steps"] = args.profile_steps
+  if args.set:
+    sizes["set"] = args.set
   if args.job:
     print(json.dumps(run_job(tuple(args.job.split(":")), sizes)), flush=True)
     return 0
@@ -407,7 +433,9 @@ def main(argv=None) -> int:
   # The parent never starts JAX itself: on a GPU it would take most of the device's memory
   # before the measuring processes start. The children report the device.
   rows, start_all = [], time.perf_counter()
-  for job in jobs(args.parts.split(","), dtypes, remats):
+  compare = [c for c in (args.compare if args.compare is not None else
+                         ([] if args.smoke else ["train.joint_pass=True"])) if c]
+  for job in jobs(args.parts.split(","), dtypes, remats, compare):
     left = args.budget - (time.perf_counter() - start_all) if args.budget else args.timeout
     if left < args.min_left:
       rows.append({"part": job[0], "args": list(job[1:]),

@@ -75,12 +75,18 @@ class StepOptions:
   methods: tuple[base.Method, ...] = ()
   seed: int = 0  # the step's random draws: fold_in(key(seed), step)
   ce_over_all_pixels: bool = False  # config loss.ce_normalise == "all" (mmseg's source CE)
+  # Source and target through the segmenter as one batch (seat_norm.JOINT) when their images
+  # have one shape; `from_config` allows it only where it gives the two passes' numbers.
+  joint_pass: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
+    enabled = methods.enabled(config)
     return cls(adv_mode=config.adv.mode, adv_input=config.adv.input,
-               methods=methods.enabled(config), seed=int(config.seed),
-               ce_over_all_pixels=config.loss.get("ce_normalise", "valid") == "all")
+               methods=enabled, seed=int(config.seed),
+               ce_over_all_pixels=config.loss.get("ce_normalise", "valid") == "all",
+               joint_pass=bool(config.train.get("joint_pass", False)) and joint_pass_exact(
+                   config.model.name, enabled))
 
   @property
   def target_pass(self) -> bool:
@@ -99,6 +105,14 @@ class StepOptions:
   @property
   def needs_target_features(self) -> bool:
     return any(m.needs_target_features for m in self.methods)
+
+
+def joint_pass_exact(model_name: str, enabled: tuple[base.Method, ...]) -> bool:
+  """Whether one joint pass gives the numbers of a source pass then a target pass: the model
+  draws no dropout (DeepLabV2; SegFormer draws per pass) and no method runs passes of its own
+  between the two (a `source_terms`: DACS's mixed and masked passes move the statistics)."""
+  return model_name == "deeplabv2" and all(
+      type(m).source_terms is base.Method.source_terms for m in enabled)
 
 
 CORE_WEIGHT_KEYS = ("multi_level_lambda", "adv_weight", "adv_weight_aux", "aux_weight")
@@ -140,6 +154,26 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     feats = updated["intermediates"]["layer4_output"][0] if features else None
     return aux, main, (updated["batch_stats"] if keep_stats else batch_stats), feats
 
+  def joint_forward(params, batch_stats, source_images, target_images):
+    """Both domains' passes as one (seat_norm.JOINT): the images interleaved pairwise, so a
+    batch sharded over devices keeps its pairs local. Returns ((aux, main, features) of the
+    source, the same of the target, the batch_stats both passes leave); features None unless
+    a method asked for that domain's."""
+    images = jnp.stack([source_images, target_images], axis=1)
+    aux, main, batch_stats, feats = forward(
+        params, batch_stats, images.reshape(-1, *images.shape[2:]), models.JOINT,
+        features=opts.needs_source_features or opts.needs_target_features)
+
+    def halves(x):
+      if x is None:
+        return None, None
+      pairs = x.reshape(-1, 2, *x.shape[1:])
+      return pairs[:, 0], pairs[:, 1]
+
+    (aux_s, aux_t), (main_s, main_t), (feats_s, feats_t) = map(halves, (aux, main, feats))
+    return ((aux_s, main_s, feats_s if opts.needs_source_features else None),
+            (aux_t, main_t, feats_t if opts.needs_target_features else None), batch_stats)
+
   def add(total, metrics, terms):
     loss, new_metrics = terms
     metrics.update(new_metrics)
@@ -147,9 +181,15 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
 
   def segmenter_loss(params, state: TrainState, batch, w, key):
     src_img = batch[batch_keys.SOURCE_IMAGE]
-    aux_s8, main_s8, batch_stats, feats_s = forward(
-        params, state.batch_stats, src_img, "source", features=opts.needs_source_features,
-        rng=base.dropout_key(key, "source"))
+    joint = (opts.joint_pass and opts.target_pass
+             and src_img.shape == batch[batch_keys.TARGET_IMAGE].shape)
+    if joint:
+      (aux_s8, main_s8, feats_s), target_pass, batch_stats = joint_forward(
+          params, state.batch_stats, src_img, batch[batch_keys.TARGET_IMAGE])
+    else:
+      aux_s8, main_s8, batch_stats, feats_s = forward(
+          params, state.batch_stats, src_img, "source", features=opts.needs_source_features,
+          rng=base.dropout_key(key, "source"))
     aux_s, main_s = upsample(aux_s8, src_img), upsample(main_s8, src_img)
     seg_main = losses.cross_entropy(main_s, batch[batch_keys.SOURCE_LABEL],
                                     opts.ce_over_all_pixels)
@@ -171,11 +211,14 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
       return total, (ctx.batch_stats, ctx.method_state, outputs, metrics)
 
     tgt_img = batch[batch_keys.TARGET_IMAGE]
-    # The target pass starts from the statistics the source pass left: in `shared` mode they
-    # are one set (AdaptSegNet's mixing); in `sat`/`seat` the source pass never touched them.
-    aux_t8, main_t8, ctx.batch_stats, feats_t = forward(
-        params, ctx.batch_stats, tgt_img, "target", features=opts.needs_target_features,
-        rng=base.dropout_key(key, "target"))
+    if joint:  # (no method ran passes between: joint_pass_exact)
+      aux_t8, main_t8, feats_t = target_pass
+    else:
+      # The target pass starts from the statistics the source pass left: in `shared` mode they
+      # are one set (AdaptSegNet's mixing); in `sat`/`seat` the source pass never touched them.
+      aux_t8, main_t8, ctx.batch_stats, feats_t = forward(
+          params, ctx.batch_stats, tgt_img, "target", features=opts.needs_target_features,
+          rng=base.dropout_key(key, "target"))
     aux_t, main_t = upsample(aux_t8, tgt_img), upsample(main_t8, tgt_img)
     total = add(total, metrics,
                 adversary.fooling_terms(apply_disc, state.disc_params, main_t, aux_t, opts, w))

@@ -260,6 +260,14 @@ def test_bad_source_stages_are_named(tiny, images):
     model.apply(variables, images, source_stages=(3, 5))
 
 
+def test_the_layer_switch_refuses_a_joint_batch(tiny, images):
+  model, variables, _ = tiny
+  with pytest.raises(ValueError, match="source_stages .* needs one domain; got domain "
+                                       "'source\\+target'"):
+    model.apply(variables, images, domain="source+target", train=True, source_stages=(3,),
+                mutable=["batch_stats"])
+
+
 # ---------------------------------------------------------------- heads
 
 def test_two_branch_heads_ignore_branches_2_and_3(images):

@@ -112,3 +112,43 @@ def test_a_profiler_that_fails_loses_no_iteration_figure(monkeypatch):
   row = gpu_check.measure_iteration("float32", "none", {**gpu_check.SMOKE, "steps": 1})
   assert row["it_per_s"] > 0 and row["xla_peak_gib"] > 0
   assert row["profile"] == {"note": "profiler failed: RuntimeError: CUPTI could not be loaded"}
+
+
+def test_set_overrides_the_iteration_config_and_the_table_names_it():
+  sizes = {**gpu_check.SMOKE, "set": ["train.joint_pass=True", "adv.weight=0.5"]}
+  config = gpu_check._config("bfloat16", "blocks", sizes)
+  assert config.train.joint_pass is True and config.adv.weight == 0.5
+  assert config.model.dtype == "bfloat16" and config.model.remat == "blocks"
+  assert gpu_check._config("float32", "none", gpu_check.SMOKE).train.joint_pass is False
+  header = gpu_check.table([], "cpu", sizes).splitlines()[0]
+  assert header.endswith("batch 1 + 1, train.joint_pass=True, adv.weight=0.5."), header
+
+
+def test_compared_variants_run_after_pytorch_and_are_labelled_against_the_default():
+  jobs = gpu_check.jobs(["iteration", "torch", "eval"], ["float32", "bfloat16"], ["none"],
+                        ["train.joint_pass=True"])
+  assert jobs == [("iteration", "float32", "none"), ("iteration", "bfloat16", "none"),
+                  ("torch", "float32"), ("torch", "bfloat16"),
+                  ("iteration", "bfloat16", "none", "train.joint_pass=True"), ("eval",)]
+  rows = [{"part": "iteration", "dtype": "bfloat16", "remat": "none", "it_per_s": 10.0,
+           "ms": 100.0, "tflop": 4.7, "mfu": 0.05, "xla_peak_gib": 5.1, "device_peak_gib": 5.1,
+           "compile_s": 88},
+          {"part": "torch", "dtype": "bfloat16", "device": "cuda", "it_per_s": 8.0, "ms": 125.0,
+           "device_peak_gib": 6.0},
+          {"part": "iteration", "dtype": "bfloat16", "remat": "none", "it_per_s": 15.0,
+           "ms": 66.7, "tflop": 4.7, "mfu": 0.07, "xla_peak_gib": 4.2, "device_peak_gib": 4.2,
+           "compile_s": 76, "variant": ["train.joint_pass=True"]}]
+  text = gpu_check.table(rows, "gpu", gpu_check.PAPER)
+  assert "| JAX iteration, bfloat16, remat none, train.joint_pass=True | 15.0 it/s (66.7 ms) " \
+         "| 1.50x the default's speed," in text
+  assert "JAX / PyTorch speed 1.25x" in text  # the ratio is the default's, not the variant's
+
+
+def test_a_variant_applies_its_override_and_says_so(monkeypatch):
+  seen = {}
+  monkeypatch.setattr(gpu_check, "measure_iteration",
+                      lambda dtype, remat, sizes: seen.update(sizes) or {"part": "iteration"})
+  row = gpu_check.run_job(("iteration", "bfloat16", "none", "train.joint_pass=True"),
+                          {**gpu_check.SMOKE, "set": ["adv.weight=0.5"]})
+  assert seen["set"] == ["adv.weight=0.5", "train.joint_pass=True"]
+  assert row == {"part": "iteration", "variant": ["train.joint_pass=True"]}

@@ -98,6 +98,7 @@ class Case:
   entropy_weight_aux: float = 0.0
   stage2: bool = False
   dtype: str = "float32"
+  joint_pass: bool = False  # train.joint_pass: source and target in one segmenter pass
 
 
 ADAPTSEGNET = Case(aspp_branches=2)
@@ -123,6 +124,10 @@ CASES = {
     "minent": MINENT,
     "minent_strong": dataclasses.replace(MINENT, entropy_weight=0.5, entropy_weight_aux=0.1),
     "stage2_seat": dataclasses.replace(SEAT, stage2=True),
+    # One interleaved pass against the reference's two (per-domain statistics and affines; in
+    # shared mode one set of statistics that the source moves first).
+    "seat_strong_joint": dataclasses.replace(SEAT, joint_pass=True, **STRONG),
+    "adaptsegnet_strong_joint": dataclasses.replace(ADAPTSEGNET, joint_pass=True, **STRONG),
 }
 WEIGHT_FIELDS = ("adv_weight", "adv_weight_aux", "multi_level_lambda", "entropy_weight",
                  "entropy_weight_aux")
@@ -142,7 +147,7 @@ def _config(case: Case):
                      entropy_weight_aux=case.entropy_weight_aux, target_ce_weight=1.0)
   config.optim.update(lr=LR, disc_lr=DISC_LR, momentum=0.9, weight_decay=5e-4,
                       reference_duplicate_updates=case.duplicates)
-  config.train.update(lr_horizon_steps=HORIZON, batch_size=BATCH)
+  config.train.update(lr_horizon_steps=HORIZON, batch_size=BATCH, joint_pass=case.joint_pass)
   if case.stage2:  # the step is built with the target CE
     config.data.target.pseudo_label_dir = "/pseudo_labels"
   return config
@@ -168,7 +173,7 @@ def _labels(rng, n, hw):
 
 
 @functools.lru_cache(maxsize=None)
-def _batches() -> tuple[dict[str, np.ndarray], ...]:
+def _batches(target_hw=TARGET_HW) -> tuple[dict[str, np.ndarray], ...]:
   """Fixed NHWC batches, one per iteration (Caffe-scale values, as the pipeline gives)."""
   rng = np.random.default_rng(0)
   out = []
@@ -176,9 +181,14 @@ def _batches() -> tuple[dict[str, np.ndarray], ...]:
     out.append({
         "source_image": (rng.normal(size=(BATCH, *SOURCE_HW, 3)) * 50).astype(np.float32),
         "source_label": _labels(rng, BATCH, SOURCE_HW),
-        "target_image": (rng.normal(size=(BATCH, *TARGET_HW, 3)) * 40 + 10).astype(np.float32),
-        "target_label": _labels(rng, BATCH, TARGET_HW)})
+        "target_image": (rng.normal(size=(BATCH, *target_hw, 3)) * 40 + 10).astype(np.float32),
+        "target_label": _labels(rng, BATCH, target_hw)})
   return tuple(out)
+
+
+def _case_batches(case: Case):
+  """The joint pass needs both domains at one size (else the step runs two passes)."""
+  return _batches(SOURCE_HW if case.joint_pass else TARGET_HW)
 
 
 def _torch_batch(batch, dtype=torch.float32):
@@ -258,7 +268,7 @@ def _torch_run(case: Case, dtype=torch.float32, **change) -> TorchRun:
   settings = dataclasses.replace(_settings(_config(case), case), **change)
   iteration = ti.TorchIteration(model, discs, settings)
   metrics, disc_grads = [], []
-  for i, batch in enumerate(_batches()):
+  for i, batch in enumerate(_case_batches(case)):
     metrics.append(iteration.step(i, _torch_batch(batch, dtype)))
     disc_grads.append({f"{name}/{layer}/{leaf}": _flax_layout(getattr(conv, attr).grad)
                        for name, disc in discs.items() for layer, conv in disc.named_children()
@@ -282,7 +292,7 @@ def _run(case: Case) -> Run:
   trainer, step, weights = _compiled_step(case)
   state0 = _initial_state(trainer, torch_state, discs)
   state, jax_metrics = state0, []
-  for batch in _batches():
+  for batch in _case_batches(case):
     state, metrics = step(state, _jax_batch(batch, case), weights)
     jax_metrics.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return Run(state0, state, jax_metrics, _torch_run(case), _torch_run(case, torch.float64))

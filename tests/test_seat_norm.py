@@ -226,3 +226,54 @@ def test_mixed_images_use_batch_moments_and_the_mean_affine_without_updates(x, m
     np.testing.assert_array_equal(value, variables["batch_stats"][name])
   with pytest.raises(ValueError, match="training only"):
     norm.apply(variables, jnp.asarray(x), "mixed", False)
+
+
+def _interleaved(source, target):
+  """source 0, target 0, source 1, target 1, ... (seat_norm.JOINT's batch order)."""
+  return jnp.stack([source, target], axis=1).reshape(-1, *source.shape[1:])
+
+
+@pytest.mark.parametrize("mode", ["shared", "sat", "seat"])
+@pytest.mark.parametrize("train, batch_stats", [(True, True), (True, False), (False, True)])
+def test_joint_batch_equals_a_source_call_then_a_target_call(x, mode, train, batch_stats):
+  """The training step's one pass over both domains gives the two passes' outputs, gradients
+  (input and every affine slot) and running statistics, updated in the same order."""
+  norm, variables = _init(mode, x, use_batch_stats_in_train=batch_stats)
+  x_target = x[::-1] * 2.0 + 1.0  # other moments, so the halves' statistics differ
+  weights = np.random.default_rng(3).normal(size=(4,) + x.shape[1:]).astype(np.float32)
+  mutable = ["batch_stats"] if train else False
+
+  def call(params, stats, inputs, domain):
+    out = norm.apply({"params": params, "batch_stats": stats}, inputs, domain, train,
+                     mutable=mutable)
+    return out if train else (out, {"batch_stats": stats})
+
+  def two_calls(params, xs, xt):
+    ys, s = call(params, variables["batch_stats"], xs, "source")
+    yt, s = call(params, s["batch_stats"], xt, "target")
+    y = _interleaved(ys, yt)
+    return jnp.sum(y * weights), (y, s["batch_stats"])
+
+  def joint(params, xs, xt):
+    y, s = call(params, variables["batch_stats"], _interleaved(xs, xt), "source+target")
+    return jnp.sum(y * weights), (y, s["batch_stats"])
+
+  grad = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(
+      variables["params"], jnp.asarray(x), jnp.asarray(x_target))
+  (_, (y_two, stats_two)), grads_two = grad(two_calls)
+  (_, (y_joint, stats_joint)), grads_joint = grad(joint)
+  # float32 reductions over 40 values in another order: a few eps of the largest magnitude.
+  np.testing.assert_allclose(y_joint, y_two, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_joint), jax.tree.leaves(grads_two)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for name, value in stats_two.items():
+    np.testing.assert_allclose(stats_joint[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+  if train and batch_stats:  # the statistics moved (the comparison above is not vacuous)
+    assert any(np.any(stats_two[n] != variables["batch_stats"][n]) for n in stats_two)
+
+
+def test_joint_batch_needs_pairs(x):
+  norm, variables = _init("seat", x)
+  with pytest.raises(ValueError, match="in pairs; got a batch of 3"):
+    norm.apply(variables, jnp.asarray(x[:1]).repeat(3, 0), "source+target", True,
+               mutable=["batch_stats"])

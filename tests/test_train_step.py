@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import helpers
 from seat_jax import adversary
@@ -17,8 +18,9 @@ from seat_jax import presets
 from seat_jax import train_step
 
 
-def _config(mode="multi_level_sum", adv_input="softmax", target_labels=False):
+def _config(mode="multi_level_sum", adv_input="softmax", target_labels=False, joint_pass=False):
   config = presets.demo("seat")
+  config.train.joint_pass = joint_pass
   if target_labels:  # stage 2: the step is built with the target CE
     config.data.target.pseudo_label_dir = "/pseudo_labels"
   config.model.num_classes = 5
@@ -31,17 +33,18 @@ def _config(mode="multi_level_sum", adv_input="softmax", target_labels=False):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(mode, adv_input="softmax", target_labels=False):
+def _compiled(mode, adv_input="softmax", target_labels=False, joint_pass=False):
   """(initial state, jitted step, default weights) for one adversarial mode."""
-  config = _config(mode, adv_input, target_labels)
+  config = _config(mode, adv_input, target_labels, joint_pass)
   trainer = train_step.build_trainer(config)
   step = train_step.make_train_step(trainer.model, trainer.disc, trainer.tx, trainer.disc_tx,
                                trainer.opts, optim.lr_schedules(config))
   return train_step.create_state(trainer, 0), jax.jit(step), train_step.loss_weights(config)
 
 
-def _run(mode="multi_level_sum", batch=None, adv_input="softmax", target_labels=False, **weights):
-  state, step, default = _compiled(mode, adv_input, target_labels)
+def _run(mode="multi_level_sum", batch=None, adv_input="softmax", target_labels=False,
+         joint_pass=False, **weights):
+  state, step, default = _compiled(mode, adv_input, target_labels, joint_pass)
   w = {**default, **{k: jnp.float32(v) for k, v in weights.items()}}
   new_state, metrics = step(state, batch if batch is not None else helpers.fake_step_batch(), w)
   return state, new_state, metrics
@@ -132,3 +135,36 @@ def test_discriminator_input_fuses_softmax_maps():
   got = adversary.discriminator_input("main", main, aux, opts, 0.05)
   expected = jax.nn.softmax(main) + 0.05 * jax.nn.softmax(aux)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_one_joint_pass_gives_the_two_passes_step():
+  """train.joint_pass (source and target interleaved in one segmenter pass) against the
+  references' order, a source pass then a target pass: the same update, statistics and
+  discriminator losses. Tolerance: float32 sums in another order, amplified through the tiny net's
+  norms (measured 2e-6 of the largest update); swapping the domains' halves moves it by ~1."""
+  before, joint, joint_metrics = _run(joint_pass=True)
+  _, two, two_metrics = _run()
+  update = lambda after: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b),
+                                      after.params, before.params)
+  largest = max(float(np.abs(u).max()) for u in jax.tree.leaves(update(two)))
+  for a, b in zip(jax.tree.leaves(update(joint)), jax.tree.leaves(update(two))):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * largest)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               joint.batch_stats, two.batch_stats)
+  # (The discriminator through its losses and gradient: Adam's first step, lr * g / |g|, turns
+  # float noise in a near-zero gradient element into a whole step.)
+  for name in ("seg_main", "seg_aux", "adv_main", "entropy", "d_main_source", "d_main_target",
+               "disc_grad_norm"):
+    np.testing.assert_allclose(joint_metrics[name], two_metrics[name], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("row, joint", [
+    ("mul", True), ("advent", True), ("fda_b001", True), ("clustering", True),
+    ("dacs", False), ("mic_dlv2", False), ("daformer", False)])
+def test_joint_pass_only_where_it_gives_the_two_passes_numbers(row, joint):
+  """Methods that run passes between the source and the target pass (DACS's mixed, MIC's
+  masked) and SegFormer (dropout drawn per pass) keep the two passes; off by default."""
+  config = presets.gta(row)
+  assert not train_step.StepOptions.from_config(config).joint_pass
+  config.train.joint_pass = True
+  assert train_step.StepOptions.from_config(config).joint_pass is joint

@@ -14,7 +14,7 @@ from seat_jax.models.deeplabv2 import (
 from seat_jax.models.discriminator import FCDiscriminator
 from seat_jax.models.input_norm import INPUT_NORMALISATIONS
 from seat_jax.models.resize import resize_bilinear
-from seat_jax.models.seat_norm import DOMAINS, NORM_MODES, SeatLayerNorm, SeatNorm
+from seat_jax.models.seat_norm import DOMAINS, JOINT, NORM_MODES, SeatLayerNorm, SeatNorm
 from seat_jax.models.segformer import DECODERS, MIT_VARIANTS, SegFormer, mit_config
 
 # config model.name: the segmenter. deeplabv2 is every preset's default.
@@ -45,7 +45,7 @@ def upsample_logits(model: Any, logits: jax.Array, out_hw) -> jax.Array:
 
 
 __all__ = [
-    "ASPP_BRANCHES", "COMPUTE_DTYPES", "DECODERS", "DOMAINS", "INPUT_NORMALISATIONS",
+    "ASPP_BRANCHES", "COMPUTE_DTYPES", "DECODERS", "DOMAINS", "INPUT_NORMALISATIONS", "JOINT",
     "MIT_VARIANTS", "MODEL_NAMES", "NORM_MODES", "REMAT_CHOICES", "RESNET101_STAGES",
     "RESNET_VARIANTS", "DeepLabV2", "FCDiscriminator",
     "SeatLayerNorm", "SeatNorm", "SegFormer",

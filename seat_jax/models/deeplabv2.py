@@ -37,7 +37,7 @@ from seat_jax.models import conv_kernel_grad
 from seat_jax.models import dilated_sum
 from seat_jax.models import input_norm
 from seat_jax.models.materialise import materialise
-from seat_jax.models.seat_norm import SeatNorm, check_domain, check_norm_mode
+from seat_jax.models.seat_norm import JOINT, SeatNorm, check_domain, check_norm_mode
 
 RESNET101_STAGES = (3, 4, 23, 3)
 STAGE_STRIDES = (1, 2, 1, 1)  # layer1..layer4
@@ -284,15 +284,19 @@ class DeepLabV2(nn.Module):
     """images: NHWC float32 (BGR, Caffe mean subtracted; the model applies
     `input_normalisation` itself).
 
-    domain: 'source' | 'target' (static), or 'mixed' in training (ClassMix images: batch
-    statistics, mean affine, no running update; seat_norm.MIXED); train: batch statistics +
-    running updates of that domain (pass `mutable=['batch_stats']`); source_stages: stages
-    (0 stem, 1..4 layer1..4) that use the source norm whatever `domain` is (the evaluation-time
-    layer switch).
+    domain: 'source' | 'target' (static), or in training 'mixed' (ClassMix images: batch
+    statistics, mean affine, no running update; seat_norm.MIXED) or 'source+target' (source
+    and target images interleaved, each normalised as its own domain; seat_norm.JOINT);
+    train: batch statistics + running updates of that domain (pass `mutable=['batch_stats']`);
+    source_stages: stages (0 stem, 1..4 layer1..4) that use the source norm whatever `domain`
+    is (the evaluation-time layer switch).
     """
     self._check_attributes()
-    check_domain(domain, allow_mixed=True)
+    check_domain(domain, allow_mixed=True, allow_joint=True)
     source_stages = _check_source_stages(source_stages)
+    if domain == JOINT and source_stages:
+      raise ValueError("source_stages (the evaluation-time layer switch) needs one domain; got "
+                       f"domain {JOINT!r}.")
     dtype = compute_dtype(self.dtype)
     norm = functools.partial(
         SeatNorm, mode=self.norm_mode, affine_trainable=self.bn_affine_trainable,
