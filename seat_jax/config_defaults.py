@@ -156,7 +156,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # periodic target-val mIoU; 0 = off
   c.train.eval_max_examples = 100  # periodic evaluation: first N validation images
   # DeepLabV2: source and target images through the segmenter as one interleaved batch, each
-  # half with its own domain's norms: the same numbers as two passes, 40 % fewer GPU kernels;
+  # half with its own domain's norms: the same numbers as two passes, 35-38 % fewer GPU kernels;
   # GPU memory -17 % (H100/H200) to +31 % (V100), speed not measured yet (docs/benchmarks.md).
   # Ignored where a method runs passes between the two (DACS, DAFormer, MIC) and for SegFormer.
   c.train.joint_pass = False  # source + target in one segmenter pass (DeepLabV2); False = two

@@ -9,6 +9,8 @@ One call of the step does a whole iteration of AdaptSegNet-style training:
      pseudo-label CE, feature losses, in registry order);
   3. segmenter update; discriminator update on `stop_gradient` maps, source label 0 and target
      label 1, each half weighted; the methods' post-update state (a mean teacher).
+With `train.joint_pass` (DeepLabV2, both domains at one size) passes 1 and 2 are one pass over
+the interleaved images, each normalised with its own domain's norms (`seat_norm.JOINT`).
 The adversary (`seat_jax.adversary`) is the core, not a plug-in: it is the paper's method, and
 its discriminators and their optimiser are state fields (and checkpoint items) of their own. The
 stage-2 pseudo-label CE is a plug-in (`methods.self_training`): it is off in stage 1, and FDA's
@@ -184,7 +186,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
     joint = (opts.joint_pass and opts.target_pass
              and src_img.shape == batch[batch_keys.TARGET_IMAGE].shape)
     if joint:
-      (aux_s8, main_s8, feats_s), target_pass, batch_stats = joint_forward(
+      (aux_s8, main_s8, feats_s), joint_target, batch_stats = joint_forward(
           params, state.batch_stats, src_img, batch[batch_keys.TARGET_IMAGE])
     else:
       aux_s8, main_s8, batch_stats, feats_s = forward(
@@ -212,7 +214,7 @@ def make_train_step(model, disc, tx, disc_tx, opts: StepOptions, lr_schedules):
 
     tgt_img = batch[batch_keys.TARGET_IMAGE]
     if joint:  # (no method ran passes between: joint_pass_exact)
-      aux_t8, main_t8, feats_t = target_pass
+      aux_t8, main_t8, feats_t = joint_target
     else:
       # The target pass starts from the statistics the source pass left: in `shared` mode they
       # are one set (AdaptSegNet's mixing); in `sat`/`seat` the source pass never touched them.
