@@ -175,6 +175,7 @@ def test_cli_user_mistakes_end_with_an_error_block_and_no_traceback(tmp_path):
 
 
 _SHARDED_SCRIPT = r"""
+import re
 import jax, numpy as np
 from seat_jax import presets, train_step
 config = presets.demo("seat")
@@ -198,6 +199,29 @@ for devices in (jax.devices()[:1], jax.devices()):
 single, sharded = results
 jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), single, sharded)
 print("devices", jax.device_count(), "loss", sharded[3]["loss"], single[3]["loss"])
+
+# The joint pass over 4 devices: the same segmenter, each device's pairs stay on it (no gather,
+# all-to-all or permute of activations), and one all-reduce per norm instead of one per pass.
+collectives = []
+for joint in (False, True):
+  config.train.joint_pass = joint
+  trainer = train_step.build_trainer(config)
+  state = train_step.create_state(trainer, 0)
+  weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
+  global_batch = {k: jax.device_put(v, trainer.data_sharding) for k, v in batch.items()}
+  compiled = train_step.jit_train_step(trainer).lower(state, global_batch, weights).compile()
+  text = compiled.as_text()
+  collectives.append({op: len(re.findall(r"\b" + op + r"(?:-start)?\(", text)) for op in
+                      ("all-reduce", "all-gather", "all-to-all", "collective-permute")})
+  state, metrics = compiled(state, global_batch, weights)
+  state, metrics = compiled(state, global_batch, weights)
+joint = jax.device_get((state.params, state.batch_stats))
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), single[:2],
+             joint)
+two, one = collectives
+assert one["all-gather"] == one["all-to-all"] == one["collective-permute"] == 0, one
+assert one["all-reduce"] < two["all-reduce"], collectives
+print("collectives", two, one)
 """
 
 
@@ -212,4 +236,4 @@ def test_step_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
   result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
                           text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "devices 4" in result.stdout
+  assert "devices 4" in result.stdout and "collectives" in result.stdout
