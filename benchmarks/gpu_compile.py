@@ -20,8 +20,9 @@ temporaries - donated, from `compiled.memory_analysis()`; cuDNN's autotuning wor
 it: a deviceless compile does not autotune); the largest batch that fits each memory budget
 (--budgets, GB = 1e9 bytes as vendors count; the batch is doubled and compiled until the peak
 exceeds the largest budget or --max_batch; budgets beyond the last compiled batch are
-extrapolated linearly from the last two compiles and marked `~`); the FLOPs of one iteration
-(XLA's cost analysis of the lowered module: the compiled GPU executable has none, and cuDNN
+extrapolated linearly from the last two compiles and marked `~`); the kernels one iteration
+launches (`kernel_launches`; at batch 1 a GPU iteration is thousands of small ones, RESULTS.md);
+the FLOPs of one iteration (XLA's cost analysis of the lowered module: the compiled GPU executable has none, and cuDNN
 convolutions are opaque there); and the iteration and whole-run (config.train.num_steps) time the
 card's published dense peak implies at --mfu (40% by default). That MFU is an assumption:
 `benchmarks/gpu_check.py` measures the real one on a GPU.
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 import traceback
@@ -74,6 +76,7 @@ class Row:
   batch: int = 0
   peak_gib: float | None = None
   tflop: float | None = None  # per iteration (train) or per image (eval)
+  kernels: int | None = None  # work the compiled iteration launches (`kernel_launches`)
   compile_s: float = 0.0
   error: str = ""
   fits: dict = dataclasses.field(default_factory=dict)  # budget GB -> largest batch ("~n": est.)
@@ -223,6 +226,20 @@ TRITON_GEMM_OFF = {"xla_gpu_enable_triton_gemm": False}
 TRITON_GEMM_FORCED_OFF = False
 
 
+# Top-level instructions of the optimised module that launch no work of their own.
+_NO_LAUNCH = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
+
+
+def kernel_launches(hlo_text: str) -> int:
+  """Instructions of the optimised module's entry computation that launch work on the device:
+  fusions (XLA's kernels), cuDNN/cuBLAS custom calls, copies, loops (a loop's body counts once).
+  The H200 run's iteration was thousands of small kernels; a compile can count them."""
+  entry = hlo_text[hlo_text.index("\nENTRY "):]
+  entry = entry[:entry.index("\n}")]
+  ops = re.findall(r"^\s*(?:ROOT )?%?\S+ = [^=]*? ([a-z][\w\-]*)\(", entry, re.M)
+  return sum(op not in _NO_LAUNCH for op in ops)
+
+
 def compile_lowered(lowered):
   """(compiled, note): compiled with XLA's defaults, else once more with TRITON_GEMM_OFF."""
   if TRITON_GEMM_FORCED_OFF:
@@ -250,11 +267,14 @@ def lower_train(config, devices, batch: int):
       state, abstract_batch(config, trainer, batch), weights)
 
 
-def compile_train(config, card: str, batch: int, flops: bool = False):
-  """(peak GiB, FLOPs or None, seconds, note) of the training iteration at `batch`, for `card`."""
+def compile_train(config, card: str, batch: int, flops: bool = False, row: Row | None = None):
+  """(peak GiB, FLOPs or None, seconds, note) of the training iteration at `batch`, for `card`;
+  its kernel launches into `row`."""
   start = time.perf_counter()
   compiled, note = compile_lowered(lower_train(config, gpu_devices(card), batch))
   seconds = time.perf_counter() - start
+  if row is not None:
+    row.kernels = kernel_launches(compiled.as_text())
   count = lowered_flops(lower_train(config, None, batch)) if flops else None
   return memory_peak_gib(compiled), count, seconds, note
 
@@ -339,7 +359,7 @@ def run_train(preset, config, card, dtype, remat, args) -> Row:
 
   def measure():
     row.sizes = sizes_text(config, train_step.build_trainer(config, devices=gpu_devices(card)))
-    return compile_train(config, card, batch, flops=True)
+    return compile_train(config, card, batch, flops=True, row=row)
 
   if not measure_into(row, measure, args):
     return row
@@ -410,18 +430,19 @@ def run_isolated(job, args) -> Row:
 def header(budgets) -> str:
   fits = " | ".join(f"batch ≤{b} GB" for b in budgets)
   return (f"| preset | card | part | dtype | remat | input (h x w) | batch | XLA:GPU peak GiB | "
-          f"{fits} | TFLOP/it | ms/it at MFU | run h at MFU | compile s | note |\n"
-          "|" + "---|" * (13 + len(budgets)))
+          f"{fits} | TFLOP/it | kernels/it | ms/it at MFU | run h at MFU | compile s | note |\n"
+          "|" + "---|" * (14 + len(budgets)))
 
 
 def format_row(row: Row, budgets) -> str:
   card = CARDS.get(row.card, {}).get("name", row.card)
   if row.error:
-    cells = ["error: " + row.error.replace("|", "/")] + [""] * (len(budgets) + 5)
+    cells = ["error: " + row.error.replace("|", "/")] + [""] * (len(budgets) + 6)
   else:
     cells = [f"{row.peak_gib:.2f}"]
     cells += [str(row.fits.get(b, "")) if row.part == "train" else "" for b in budgets]
     cells += [f"{row.tflop:.3g}" if row.tflop is not None else "",
+              str(row.kernels) if row.kernels is not None else "",
               f"{row.ms_at_mfu:.3g}" if row.ms_at_mfu is not None else "",
               f"{row.run_hours_at_mfu:.3g}" if row.run_hours_at_mfu is not None else "",
               f"{row.compile_s:.0f}", row.note]

@@ -152,3 +152,30 @@ def test_a_variant_applies_its_override_and_says_so(monkeypatch):
                           {**gpu_check.SMOKE, "set": ["adv.weight=0.5"]})
   assert seen["set"] == ["adv.weight=0.5", "train.joint_pass=True"]
   assert row == {"part": "iteration", "variant": ["train.joint_pass=True"]}
+
+
+_HLO = """HloModule step
+
+%fused_add (p0: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  ROOT %add = f32[4]{0} add(f32[4]{0} %p0, f32[4]{0} %p0)
+}
+
+ENTRY %main (a: f32[4], b: f32[4]) -> (f32[4], f32[4]) {
+  %a = f32[4]{0} parameter(0)
+  %b = f32[4]{0} parameter(1)
+  %fusion = f32[4]{0} fusion(f32[4]{0} %a), kind=kLoop, calls=%fused_add
+  %conv = (f32[4]{0}, u8[0]{0}) custom-call(f32[4]{0} %fusion), custom_call_target="__cudnn$convForward"
+  %gte = f32[4]{0} get-tuple-element((f32[4]{0}, u8[0]{0}) %conv), index=0
+  %view = f32[2,2]{1,0} bitcast(f32[4]{0} %gte)
+  %copy = f32[4]{0} copy(f32[4]{0} %b)
+  ROOT %out = (f32[4]{0}, f32[4]{0}) tuple(f32[4]{0} %gte, f32[4]{0} %copy)
+}
+"""
+
+
+def test_kernel_launches_counts_the_entry_computations_work_only():
+  """gpu_compile's kernels/it column: the fusion, the cuDNN call and the copy; not parameters,
+  views, tuples, or the fused computation's own instructions."""
+  gpu_compile = helpers.load_script("benchmarks/gpu_compile.py")
+  assert gpu_compile.kernel_launches(_HLO) == 3

@@ -35,7 +35,7 @@ def test_demo_iteration_and_evaluation_compile_for_an_h100_and_report_memory(tmp
   # The demo segmenter (about 0.1 M parameters, batch 4 + 4 at 64x128): tens of MiB, not GiB.
   assert 0.005 < train["peak_gib"] < 1.0, train
   assert 0 < evaluation["peak_gib"] < train["peak_gib"], evaluation
-  assert train["tflop"] > 0 and train["ms_at_mfu"] > 0
+  assert train["tflop"] > 0 and train["ms_at_mfu"] > 0 and train["kernels"] > 10
   assert train["fits"]["80"] == 4  # the preset's batch fits; --max_batch=1: no search
   table = capsys.readouterr().out
   assert "| demo.py:seat | H100 SXM 80GB | train | float32 | none | 64x128 + 64x128 | 4 |" in table
