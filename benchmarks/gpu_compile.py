@@ -22,9 +22,9 @@ it: a deviceless compile does not autotune); the largest batch that fits each me
 exceeds the largest budget or --max_batch; budgets beyond the last compiled batch are
 extrapolated linearly from the last two compiles and marked `~`); the kernels one iteration
 launches (`kernel_launches`; at batch 1 a GPU iteration is thousands of small ones, RESULTS.md);
-the FLOPs of one iteration (XLA's cost analysis of the lowered module: the compiled GPU executable has none, and cuDNN
-convolutions are opaque there); and the iteration and whole-run (config.train.num_steps) time the
-card's published dense peak implies at --mfu (40% by default). That MFU is an assumption:
+the FLOPs of one iteration (XLA's cost analysis of the lowered module: the compiled GPU
+executable has none, and cuDNN convolutions are opaque there); and the iteration and whole-run
+(config.train.num_steps) time the card's published dense peak implies at --mfu (40% by default). That MFU is an assumption:
 `benchmarks/gpu_check.py` measures the real one on a GPU.
 """
 
