@@ -24,8 +24,8 @@ extrapolated linearly from the last two compiles and marked `~`); the kernels on
 launches (`kernel_launches`; at batch 1 a GPU iteration is thousands of small ones, RESULTS.md);
 the FLOPs of one iteration (XLA's cost analysis of the lowered module: the compiled GPU
 executable has none, and cuDNN convolutions are opaque there); and the iteration and whole-run
-(config.train.num_steps) time the card's published dense peak implies at --mfu (40% by default). That MFU is an assumption:
-`benchmarks/gpu_check.py` measures the real one on a GPU.
+(config.train.num_steps) time the card's published dense peak implies at --mfu (40% by
+default). That MFU is an assumption: `benchmarks/gpu_check.py` measures the real one on a GPU.
 """
 
 import argparse
