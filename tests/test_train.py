@@ -185,27 +185,11 @@ rng = np.random.default_rng(0)
 batch = {"source_image": rng.normal(size=(4, 32, 48, 3)).astype(np.float32) * 50,
          "source_label": rng.integers(0, 5, size=(4, 32, 48)).astype(np.int32),
          "target_image": rng.normal(size=(4, 32, 48, 3)).astype(np.float32) * 30}
-results = []
-for devices in (jax.devices()[:1], jax.devices()):
-  trainer = train_step.build_trainer(config, devices=devices)
-  state = train_step.create_state(trainer, 0)
-  step = train_step.jit_train_step(trainer)
-  weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
-  global_batch = {k: jax.device_put(v, trainer.data_sharding) for k, v in batch.items()}
-  state, metrics = step(state, global_batch, weights)
-  state, metrics = step(state, global_batch, weights)
-  assert len(state.params["conv1"]["kernel"].sharding.device_set) == len(devices)
-  results.append(jax.device_get((state.params, state.batch_stats, state.disc_params, metrics)))
-single, sharded = results
-jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), single, sharded)
-print("devices", jax.device_count(), "loss", sharded[3]["loss"], single[3]["loss"])
-
-# The joint pass over 4 devices: the same segmenter, each device's pairs stay on it (no gather,
-# all-to-all or permute of activations), and one all-reduce per norm instead of one per pass.
-collectives = []
-for joint in (False, True):
+results, collectives = [], []
+# One device, four, and four with the joint pass (source and target in one segmenter pass).
+for devices, joint in ((jax.devices()[:1], False), (jax.devices(), False), (jax.devices(), True)):
   config.train.joint_pass = joint
-  trainer = train_step.build_trainer(config)
+  trainer = train_step.build_trainer(config, devices=devices)
   state = train_step.create_state(trainer, 0)
   weights = jax.device_put(train_step.loss_weights(config), trainer.replicated)
   global_batch = {k: jax.device_put(v, trainer.data_sharding) for k, v in batch.items()}
@@ -215,10 +199,16 @@ for joint in (False, True):
                       ("all-reduce", "all-gather", "all-to-all", "collective-permute")})
   state, metrics = compiled(state, global_batch, weights)
   state, metrics = compiled(state, global_batch, weights)
-joint = jax.device_get((state.params, state.batch_stats))
-jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), single[:2],
-             joint)
-two, one = collectives
+  assert len(state.params["conv1"]["kernel"].sharding.device_set) == len(devices)
+  results.append(jax.device_get((state.params, state.batch_stats, state.disc_params, metrics)))
+single, sharded, joint = results
+check = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+jax.tree.map(check, single, sharded)
+print("devices", jax.device_count(), "loss", sharded[3]["loss"], single[3]["loss"])
+# The joint pass: the same segmenter; each device's pairs stay on it (no gather, all-to-all or
+# permute of activations), and one all-reduce per norm instead of one per pass.
+jax.tree.map(check, single[:2], joint[:2])
+_, two, one = collectives
 assert one["all-gather"] == one["all-to-all"] == one["collective-permute"] == 0, one
 assert one["all-reduce"] < two["all-reduce"], collectives
 print("collectives", two, one)
