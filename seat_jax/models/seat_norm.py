@@ -123,12 +123,7 @@ class SeatNorm(nn.Module):
         # Kept only when the caller makes `intermediates` mutable (AdaBN's statistics pass).
         self.sow("intermediates", "batch_moments", (count, mean, var))
         if not self.is_initializing():  # init leaves the stats at 0 / 1, as the contract says
-          unbiased_var = var * (count / max(count - 1, 1))
-          keep = 1.0 - self.momentum
-          running_mean.value = (
-              keep * running_mean.value + self.momentum * lax.stop_gradient(mean))
-          running_var.value = (
-              keep * running_var.value + self.momentum * lax.stop_gradient(unbiased_var))
+          self._move_running_stats(stats[domain], mean, var, count)
     else:
       mean, var = running_mean.value, running_var.value
 
@@ -161,21 +156,23 @@ class SeatNorm(nn.Module):
       mean = domain_mean(x32)
       var = domain_mean(jnp.square(x32 - per_image(mean)))
       if not self.is_initializing():
-        count = x.size // features // 2
-        keep = 1.0 - self.momentum
         for i, domain in enumerate(DOMAINS):
-          running_mean, running_var = stats[domain]
-          batch_var = var[i] * (count / max(count - 1, 1))
-          running_mean.value = (
-              keep * running_mean.value + self.momentum * lax.stop_gradient(mean[i]))
-          running_var.value = (
-              keep * running_var.value + self.momentum * lax.stop_gradient(batch_var))
+          self._move_running_stats(stats[domain], mean[i], var[i], x.size // features // 2)
     else:
       mean, var = (jnp.stack([stats[d][k].value for d in DOMAINS]) for k in (0, 1))
     scale, bias = (jnp.stack([affines[d][k] for d in DOMAINS]) for k in (0, 1))
     multiplier = scale * lax.rsqrt(var + self.epsilon)
     y = (x32 - per_image(mean)) * per_image(multiplier) + per_image(bias)
     return y.astype(x.dtype)
+
+  def _move_running_stats(self, running, mean, var, count: int) -> None:
+    """PyTorch's update of one domain's (mean, var) variables from a batch's moments over
+    `count` values: momentum toward the mean and the unbiased variance."""
+    running_mean, running_var = running
+    unbiased_var = var * (count / max(count - 1, 1))
+    keep = 1.0 - self.momentum
+    running_mean.value = keep * running_mean.value + self.momentum * lax.stop_gradient(mean)
+    running_var.value = keep * running_var.value + self.momentum * lax.stop_gradient(unbiased_var)
 
   def _affines(self, features: int) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
     return declare_affines(self, features, self.mode == "seat", self.affine_trainable)
