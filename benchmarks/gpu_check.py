@@ -32,6 +32,7 @@ on; with --json the results are written after every part, so a stopped check kee
 import argparse
 import collections
 import gzip
+import importlib
 import json
 import os
 import pathlib
@@ -45,6 +46,15 @@ import time
 from seat_jax import cpu_malloc  # no JAX import: the parent stays light
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _benchmark(name: str):
+  """Another script of benchmarks/ as a module (put on sys.path once; imported lazily, so the
+  parent process never loads JAX)."""
+  folder = str(REPO / "benchmarks")
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+  return importlib.import_module(name)
 GIB = 1024 ** 3
 # Dense peaks in FLOP/s from the vendors' data sheets (SXM parts). float32 is the TF32 tensor-core
 # rate, as in benchmarks/gpu_compile.py: JAX's default precision lets XLA:GPU (and cuDNN under
@@ -64,8 +74,7 @@ PARTS = ("iteration", "torch", "pipeline", "eval")
 
 def _config(dtype: str, remat: str, sizes: dict):
   from seat_jax import presets  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  import gpu_compile  # pylint: disable=g-import-not-at-top  (benchmarks/gpu_compile.py)
+  gpu_compile = _benchmark("gpu_compile")
   config = presets.gta("mul")
   config.model.dtype, config.model.remat = dtype, remat
   if sizes["depth"] == "tiny":
@@ -161,9 +170,7 @@ def measure_iteration(dtype: str, remat: str, sizes: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from seat_jax import input_pipeline as ip, train_step  # pylint: disable=g-import-not-at-top,multiple-imports
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  import memory  # pylint: disable=g-import-not-at-top  (benchmarks/memory.py)
-  import gpu_compile  # pylint: disable=g-import-not-at-top  (benchmarks/gpu_compile.py)
+  memory, gpu_compile = _benchmark("memory"), _benchmark("gpu_compile")
 
   config = _config(dtype, remat, sizes)
   trainer = train_step.build_trainer(config)
@@ -248,8 +255,7 @@ def measure_torch(dtype: str, sizes: dict) -> dict:
 def measure_pipeline(sizes: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from seat_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  import input_pipeline as bench  # pylint: disable=g-import-not-at-top  (benchmarks/...)
+  bench = _benchmark("input_pipeline")
 
   sources = bench.make_sources(num_images=2 if sizes["depth"] == "tiny" else 8)
   workers = ip.worker_count(bench.paper_config(-1, 0.0, "device"))
